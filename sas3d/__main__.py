@@ -1,0 +1,3 @@
+from sas3d.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The embedded default: procedurally generated rooms and the end-to-end demo pipeline."""

@@ -1,0 +1,1 @@
+"""Distillation: losses, recipes (openscene / ggsd / sas) and the training engine."""

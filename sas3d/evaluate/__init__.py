@@ -1,0 +1,1 @@
+"""Evaluation: metrics, label sets, 2D/3D/ensemble modes, interop with reference releases."""

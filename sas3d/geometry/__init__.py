@@ -1,0 +1,1 @@
+"""Geometry: projection of points into frames, voxelisation, superpoints."""

@@ -1,0 +1,1 @@
+"""3D students (registry) and the spconv CPU patch."""

@@ -1,0 +1,1 @@
+"""Text queries on points, PLY export and the web viewer."""

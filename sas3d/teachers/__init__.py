@@ -1,0 +1,5 @@
+"""2D teachers: images -> dense per-pixel features in the shared text space."""
+
+from sas3d.teachers.base import Teacher
+
+__all__ = ["Teacher"]
