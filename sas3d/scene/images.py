@@ -1,0 +1,95 @@
+"""Reading frame images: colour as uint8 RGB, depth as float32 metres (0 = invalid).
+
+Depth is read lazily (one frame at a time) and checked against the frame's declared
+resolution, because intrinsics are only valid at that resolution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sas3d.errors import InputError
+from sas3d.scene.types import Frame
+
+# Raw depth values meaning "no measurement": 0 everywhere; 65535 in 7-Scenes (saturated/invalid).
+INVALID_RAW_DEPTH = (0, 65535)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image, reading only its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise InputError(path, "image file not found") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(path, f"unreadable image ({exc})") from None
+
+
+def read_color(path: str | Path) -> np.ndarray:
+    """Read a colour image as (H, W, 3) uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise InputError(path, "colour image not found") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(path, f"unreadable colour image ({exc})") from None
+
+
+def _read_raw_depth(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"unreadable depth array ({exc})") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise InputError(path, "depth image not found") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(path, f"unreadable depth image ({exc})") from None
+
+
+def read_depth(frame: Frame) -> np.ndarray:
+    """Read ``frame.depth_path`` as (H, W) float32 metres; 0 where the sensor gave no value.
+
+    Integer depth (PNG uint16) is divided by ``frame.depth_scale``; raw 0 and 65535 are invalid.
+    Float depth (.npy / float TIFF) is taken as raw units too and must be finite.
+    Raises InputError when the file is missing/unreadable, not 2-D, contains NaN/inf, or its
+    size differs from the frame's ``width`` x ``height`` (the intrinsics' resolution).
+    """
+    if frame.depth_path is None:
+        raise InputError(frame.color_path, "frame has no depth image")
+    path = Path(frame.depth_path)
+    raw = _read_raw_depth(path)
+    if raw.ndim != 2:
+        raise InputError(path, f"depth must be a single-channel image, got shape {raw.shape}")
+    if raw.shape != (frame.height, frame.width):
+        raise InputError(
+            path,
+            f"depth is {raw.shape[1]}x{raw.shape[0]} but the frame's intrinsics are for {frame.width}x{frame.height}",
+        )
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all():
+            raise InputError(path, f"depth contains {int((~np.isfinite(raw)).sum())} NaN/inf values")
+        depth = raw.astype(np.float32) / np.float32(frame.depth_scale)
+        depth[depth < 0] = 0.0
+        return depth
+    invalid = np.zeros(raw.shape, dtype=bool)
+    for value in INVALID_RAW_DEPTH:
+        invalid |= raw == value
+    depth = raw.astype(np.float32) / np.float32(frame.depth_scale)
+    depth[invalid] = 0.0
+    return depth
