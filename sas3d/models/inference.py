@@ -1,0 +1,35 @@
+"""Run the 3D student on one scene and return per-point features."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sas3d.geometry.voxel import batch_coords, voxelize
+
+
+@torch.no_grad()
+def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_size: float, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, 3) points -> (N, C) float32 unit-length features on the CPU.
+
+    Voxelises the points, feeds constant-ones voxel features (the student sees geometry only),
+    copies each voxel's output to its points and L2-normalises the rows. The model is put in
+    eval mode (BatchNorm running statistics) and restored to its previous mode afterwards.
+    """
+    pts = np.asarray(points, dtype=np.float32)
+    vox = voxelize(pts, voxel_size)
+    if vox.num_voxels == 0:
+        out_dim = int(getattr(model, "out_channels", 0))
+        return torch.zeros((0, out_dim), dtype=torch.float32)
+    coords = torch.from_numpy(batch_coords([vox.coords])).to(device)
+    in_channels = int(getattr(model, "in_channels", 1))
+    feats = torch.ones((coords.shape[0], in_channels), dtype=torch.float32, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(feats, coords, 1)
+    finally:
+        model.train(was_training)
+    per_point = out.float()[torch.as_tensor(vox.point_to_voxel, device=out.device)]
+    return F.normalize(per_point, dim=1, eps=1e-8).cpu()

@@ -1,0 +1,205 @@
+"""Training engine: exact resume, determinism, stage switch, run artefacts, validation mIoU, CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sas3d.distill.config import load_train_config
+from sas3d.fusion.features import PointFeatures
+from sas3d.scene.ply import write_ply
+from sas3d.text.labelsets import NYU40_TO_SCANNET20_IDS
+
+# a small real MinkUNet18A (same architecture, narrow widths, one block per stage)
+TINY_MODEL = ["model.options={planes: [8, 8, 8, 8, 8, 8, 8, 8], init_dim: 8, layers: [1, 1, 1, 1, 1, 1, 1, 1]}"]
+
+
+def _grid_mesh(origin, u, v, nu, nv):
+    """A planar triangle grid: vertices (nu*nv, 3), faces."""
+    i, j = np.meshgrid(np.arange(nu), np.arange(nv), indexing="ij")
+    verts = np.asarray(origin) + i.reshape(-1, 1) * np.asarray(u) + j.reshape(-1, 1) * np.asarray(v)
+    idx = (i * nv + j)[:-1, :-1].reshape(-1)
+    faces = np.concatenate([np.stack([idx, idx + nv, idx + 1], 1), np.stack([idx + 1, idx + nv, idx + nv + 1], 1)])
+    return verts.astype(np.float32), faces.astype(np.int64)
+
+
+def make_scene(root: Path, name: str, seed: int, text: torch.Tensor, fused_dir: Path) -> Path:
+    """A ScanNet-layout mesh scene (floor, wall, a box 'table') of ~1500 vertices + a fused-feature file
+    whose features are the class text feature plus noise on 85% of the points."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        (_grid_mesh([0, 0, 0], [0.06, 0, 0], [0, 0.06, 0], 25, 25), 1),  # floor (ScanNet20 index 1)
+        (_grid_mesh([0, 0, 0], [0.06, 0, 0], [0, 0, 0.06], 25, 15), 0),  # wall (index 0)
+        (_grid_mesh([0.5, 0.5, 0.4], [0.05, 0, 0], [0, 0.05, 0], 10, 10), 6),  # table top (index 6)
+    ]
+    verts, faces, labels, off = [], [], [], 0
+    for (v, f), cls in parts:
+        verts.append(v + rng.normal(0, 0.003, v.shape).astype(np.float32))
+        faces.append(f + off)
+        labels.append(np.full(len(v), cls))
+        off += len(v)
+    pts, faces, sc20 = np.concatenate(verts), np.concatenate(faces), np.concatenate(labels)
+    nyu = np.asarray(NYU40_TO_SCANNET20_IDS)[sc20]
+    folder = root / name
+    folder.mkdir(parents=True)
+    write_ply(folder / f"{name}_vh_clean_2.ply", pts, faces=faces)
+    write_ply(folder / f"{name}_vh_clean_2.labels.ply", pts, faces=faces, vertex_props={"label": nyu.astype(np.int64)})
+    feats = text[torch.from_numpy(sc20)] + 0.3 * torch.from_numpy(rng.normal(size=(len(pts), text.shape[1])).astype(np.float32))
+    seen = torch.from_numpy(rng.random(len(pts)) < 0.85)
+    feats[~seen] = 0
+    PointFeatures(feats.half(), seen, {"scene": name}).save(fused_dir / f"{name}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    fused = root / "fused"
+    fused.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(20, 32, generator=gen), dim=1)
+    scenes = [make_scene(root, f"scene{i:04d}_00", i, text, fused) for i in range(2)]
+    return {"root": root, "fused": fused, "text": text, "scenes": scenes, "sp_cache": root / "spcache"}
+
+
+def _cfg(dataset, recipe="sas", epochs=3, extra=()):
+    overrides = [*TINY_MODEL, "data.voxel_size=0.05", "data.max_voxels=300", "optim.batch_size=2",
+                 f"data.superpoint_cache={dataset['sp_cache']}", "data.augmentation.elastic=false",
+                 "optim.lr=0.01", "optim.final_lr=0.001", *extra]
+    return load_train_config(recipe, overrides, epochs=epochs)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from sas3d.utils.atomic import load_safetensors
+
+    tensors, _ = load_safetensors(path)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim.", "extra.ema."))}
+
+
+def _train(dataset, out, cfg, **kw):
+    from sas3d.distill.trainer import train
+
+    return train(cfg, dataset["scenes"], dataset["fused"], out, text_features=dataset["text"], **kw)
+
+
+@pytest.mark.parametrize("recipe", ["sas", "ggsd"])
+def test_resume_after_kill_matches_uninterrupted(dataset, tmp_path, recipe):
+    # 3 epochs, stage 2 from epoch 3 (round(3 * 0.7) = 2): the resumed epoch is a self-distillation
+    # epoch, so the TESD history / EMA teacher must come back exactly too
+    cfg = _cfg(dataset, recipe)
+    straight = _train(dataset, tmp_path / "a", cfg)
+    assert straight.epochs_done == 3
+    _train(dataset, tmp_path / "b", cfg, stop_after=2)  # "killed" after epoch 2's checkpoint
+    assert not (tmp_path / "b" / "checkpoints" / "epoch_0003.safetensors").exists()
+    resumed = _train(dataset, tmp_path / "b", _cfg(dataset, recipe), resume=True)
+    assert resumed.epochs_done == 3
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("model.") for k in a)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    # the resumed run also continues the metrics log instead of restarting it
+    rows_a = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    rows_b = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    if recipe == "ggsd":
+        assert any(k.startswith("extra.ema.") for k in a)
+
+
+def test_seed_determinism_and_stage_switch(dataset, tmp_path):
+    cfg = _cfg(dataset, "sas", epochs=4, extra=["seed=3"])  # round(4 * 0.7) = 3 stage-1 epochs
+    r1 = _train(dataset, tmp_path / "r1", cfg, val_scenes=dataset["scenes"][:1])
+    r2 = _train(dataset, tmp_path / "r2", cfg, val_scenes=dataset["scenes"][:1])
+    w1, w2 = _weights(tmp_path / "r1" / "last.safetensors"), _weights(tmp_path / "r2" / "last.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    other = _train(dataset, tmp_path / "r3", _cfg(dataset, "sas", epochs=1, extra=["seed=4"]))
+    w3 = _weights(tmp_path / "r3" / "checkpoints" / "epoch_0001.safetensors")
+    ckpts = sorted(p.name for p in (tmp_path / "r1" / "checkpoints").iterdir())
+    assert ckpts == [f"epoch_{e:04d}.safetensors" for e in range(1, 5)]
+    assert not torch.equal(w3["model.head.weight"], w1["model.head.weight"])
+    assert other.epochs_done == 1
+
+    rows = list(csv.DictReader(open(tmp_path / "r1" / "metrics.csv")))
+    assert [int(r["stage"]) for r in rows] == [1, 1, 1, 2]
+    assert float(rows[-1]["loss_self"]) > 0 and all(float(r["loss_self"]) == 0 for r in rows[:3])
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and abs(lrs[-1] - 0.001) < 1e-9
+    for r in rows:  # validation mIoU logged each epoch, a valid fraction
+        assert 0.0 <= float(r["val_miou"]) <= 1.0
+    assert r1.metrics[-1]["val_miou"] == pytest.approx(float(rows[-1]["val_miou"]), abs=1e-5)
+    assert (tmp_path / "r1" / "config.yaml").is_file() and any((tmp_path / "r1" / "tb").iterdir())
+
+
+def test_cli_openscene_with_minilm_text_and_validation(tmp_path, capsys):
+    """`sas3d train` end to end with the real offline MiniLM text encoder (384-d fused features)."""
+    from sas3d.cli import main
+    from sas3d.text.encoders import build_text_encoder
+    from sas3d.text.labelsets import get_label_set
+
+    text = build_text_encoder("minilm").encode(get_label_set("scannet20").prompts())
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    scenes = [make_scene(tmp_path, f"scene{i:04d}_01", 20 + i, text, fused) for i in range(2)]
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"# training scenes\n{scenes[0].name}\n{scenes[1]}\n")  # relative + absolute entries
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "openscene", "--scenes", str(listing), "--fused", str(fused), "--out", str(out),
+            "--val-scenes", str(scenes[0]), "--epochs", "2", "--seed", "1", "--set", "data.voxel_size=0.05",
+            "--set", "data.max_voxels=300", "--set", "optim.lr=0.01", "--set", "data.in_memory=false", "--set", "data.augmentation.elastic=false"]
+    for o in TINY_MODEL:
+        args += ["--set", o]
+    assert main(args) == 0
+    assert "val mIoU" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["stage"] for r in rows] == ["1", "1"] and all(r["val_miou"] for r in rows)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # the cosine loss goes down
+    import yaml
+
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["recipe"] == "openscene" and resolved["seed"] == 1 and resolved["schedule"]["epochs"] == 2
+    # a second run into the same folder without --resume is refused; a missing fused file is named
+    assert main(args) == 1
+    (fused / f"{scenes[1].name}.safetensors").unlink()
+    assert main([*args[:8], str(tmp_path / "run2"), *args[9:]]) == 1
+    assert f"{scenes[1].name}.safetensors" in capsys.readouterr().err
+
+
+def test_tesd_history_is_memory_mapped_ema_with_exact_snapshot(tmp_path):
+    from sas3d.distill.history import TESDHistory
+
+    hist = TESDHistory(tmp_path / "tesd", alpha=0.5, init="zeros")
+    f1, f2 = torch.tensor([[2.0, 0.0], [0.0, 4.0]]), torch.tensor([[0.0, 2.0], [4.0, 0.0]])
+    hist.update("s", f1)
+    h = hist.update("s", f2)
+    # zero init: H = 0.5 * (0.5 * 0 + 0.5 * f1) + 0.5 * f2
+    assert torch.allclose(h, 0.25 * f1 + 0.5 * f2)
+    assert isinstance(hist.arrays["s"], np.memmap) and hist.updates["s"] == 2
+    hist.snapshot(tmp_path / "snap")
+    hist.update("s", f1)  # progress after the checkpoint is discarded by a restore
+    fresh = TESDHistory(tmp_path / "tesd", alpha=0.5, init="zeros")
+    fresh.restore(tmp_path / "snap", {"s": 2})
+    h3 = fresh.update("s", f1)
+    assert torch.allclose(h3, 0.5 * (0.25 * f1 + 0.5 * f2) + 0.5 * f1)
+    first = TESDHistory(tmp_path / "tesd_first", alpha=0.9, init="first")
+    assert torch.allclose(first.update("s", f1), f1)
+
+
+def test_predict_point_features_unit_rows_per_voxel():
+    from sas3d.geometry.voxel import voxelize
+    from sas3d.models.inference import predict_point_features
+    from sas3d.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("minkunet18a", in_channels=1, out_channels=16, planes=[8] * 8, init_dim=8, layers=[1] * 8)
+    model.train()
+    pts = np.random.default_rng(0).random((500, 3)).astype(np.float32)
+    out = predict_point_features(model, pts, 0.2)
+    assert out.shape == (500, 16) and out.dtype == torch.float32
+    assert torch.allclose(out.norm(dim=1), torch.ones(500), atol=1e-5)
+    vox = voxelize(pts, 0.2)
+    same = np.flatnonzero(vox.point_to_voxel == vox.point_to_voxel[0])
+    assert len(same) > 1 and torch.equal(out[same[0]], out[same[1]])  # one feature per voxel
+    assert model.training  # the caller's mode is restored
