@@ -1,0 +1,219 @@
+"""Benchmark: streaming multi-view fusion (sas3d.fusion.multiview) vs a per-frame NumPy reference.
+
+Data: the real 7-Scenes redkitchen frames in ../shared/data (640x480 depth, real poses). The point
+cloud is the frames' depth back-projected and voxel-downsampled to ``--points`` points. Teacher
+outputs are random float32 maps (``--dim`` channels at 240x320, seeded); a fixed pool of
+``--pool`` maps is generated before timing and frame i uses map i % pool, so map generation is
+not timed and memory does not depend on the frame count.
+
+Both implementations follow the same protocol (OpenScene): inverse pose, pinhole, round to nearest,
+border margin, relative depth test, nearest map lookup with pixel centres, plain mean. The
+reference is the straightforward NumPy loop: per frame, project all points, mask, gather the
+visible points' features, ``sum[idx] += feats``, ``count[idx] += 1``.
+
+Each run happens in its own subprocess so its peak memory is its own: we report the growth of
+the process's peak RSS during fusion (``ru_maxrss`` at the end minus the RSS just before fusion
+starts). Ours is also run on fewer frames to show the peak does not grow with the frame count.
+
+    .venv/bin/python benchmarks/fusion.py [--frames 200] [--points 200000] [--dim 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "7scenes_redkitchen"
+MAP_H, MAP_W = 240, 320  # OpenScene feature resolution for 640x480 frames
+MAX_FP16_DIFF = 1e-2
+
+
+def seven_scenes_frames(root: Path, count: int):
+    """Frames of the 7-Scenes excerpt (depth camera intrinsics, every frame shipped)."""
+    from sas3d.scene.types import Frame
+
+    k = np.array([[585.0, 0, 320.0], [0, 585.0, 240.0], [0, 0, 1]])
+    frames = []
+    for color in sorted(root.glob("frame-*.color.jpg"))[:count]:
+        base = color.name[: -len(".color.jpg")]
+        pose = np.loadtxt(root / f"{base}.pose.txt").reshape(4, 4)
+        frames.append(Frame(color, k, pose, 640, 480, depth_path=root / f"{base}.depth.png", depth_scale=1000.0))
+    return frames
+
+
+def build_points(frames, target: int, seed: int = 0) -> np.ndarray:
+    """Back-project every 4th depth pixel of all frames, voxel-downsample, subsample to ``target``."""
+    from sas3d.scene.images import read_depth
+
+    clouds = []
+    for frame in frames:
+        depth = read_depth(frame)[::4, ::4]
+        v, u = np.nonzero(depth > 0)
+        z = depth[v, u].astype(np.float64)
+        k = frame.intrinsics
+        x = (u * 4 - k[0, 2]) * z / k[0, 0]
+        y = (v * 4 - k[1, 2]) * z / k[1, 1]
+        cam = np.stack([x, y, z], 1)
+        clouds.append(cam @ frame.pose[:3, :3].T + frame.pose[:3, 3])
+    cloud = np.concatenate(clouds)
+    for voxel in np.geomspace(0.05, 0.004, 24):  # coarsest grid that still leaves >= target points
+        cell = np.floor((cloud - cloud.min(0)) / voxel).astype(np.int64)
+        key = (cell[:, 0] * (cell[:, 1].max() + 1) + cell[:, 1]) * (cell[:, 2].max() + 1) + cell[:, 2]
+        _, first = np.unique(key, return_index=True)
+        if len(first) >= target:
+            break
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(first, size=min(target, len(first)), replace=False)
+    return cloud[np.sort(chosen)].astype(np.float32)
+
+
+def make_pool(pool: int, dim: int, seed: int) -> list[np.ndarray]:
+    maps = []
+    for i in range(pool):
+        m = np.empty((MAP_H, MAP_W, dim), dtype=np.float32)
+        np.random.default_rng(seed + i).random(out=m, dtype=np.float32)  # in place: no temporary copy
+        maps.append(m)
+    return maps
+
+
+def numpy_reference(points: np.ndarray, frames, maps, border: int, threshold: float):
+    """Straightforward per-frame NumPy fusion (same protocol as OpenScene's fusion scripts)."""
+    from sas3d.scene.images import read_depth
+
+    pts = points.astype(np.float64)
+    dim = maps[0].shape[2]
+    total = np.zeros((len(pts), dim), dtype=np.float32)
+    count = np.zeros(len(pts), dtype=np.int32)
+    for i, frame in enumerate(frames):
+        fmap = maps[i % len(maps)]
+        h, w = fmap.shape[:2]
+        W, H = frame.width, frame.height
+        depth = read_depth(frame)
+        w2c = np.linalg.inv(frame.pose)
+        cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+        z = cam[:, 2]
+        k = frame.intrinsics
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.round(cam[:, 0] * k[0, 0] / z + k[0, 2])
+            v = np.round(cam[:, 1] * k[1, 1] / z + k[1, 2])
+            inside = (z > 0) & (u >= border) & (v >= border) & (u < W - border) & (v < H - border)
+        idx = np.nonzero(inside)[0]
+        ui, vi = u[idx].astype(np.int64), v[idx].astype(np.int64)
+        d = depth[vi, ui].astype(np.float64)
+        visible = (d > 0) & (np.abs(d - z[idx]) <= threshold * d)
+        idx, ui, vi = idx[visible], ui[visible], vi[visible]
+        total[idx] += fmap[((2 * vi + 1) * h) // (2 * H), ((2 * ui + 1) * w) // (2 * W)]
+        count[idx] += 1
+    seen = count > 0
+    total /= np.maximum(count, 1)[:, None]
+    return total.astype(np.float16), seen
+
+
+def current_rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    points = np.load(args.points_file)
+    frames = seven_scenes_frames(DATA, args.frames)
+    maps = make_pool(args.pool, args.dim, args.seed)
+    from sas3d.fusion.multiview import FusionConfig, fuse_maps
+    from sas3d.geometry.projection import projection_config_for
+    from sas3d.scene.types import Scene
+
+    proj = projection_config_for("7scenes")
+    rss_before = current_rss_kib()  # after imports and map generation: only fusion's own memory counts
+    start = time.perf_counter()
+    if args.worker == "ours":
+        scene = Scene("redkitchen", points, "7scenes", frames=frames)
+        out = fuse_maps(scene, ((f, maps[i % len(maps)]) for i, f in enumerate(frames)), FusionConfig(proj), progress=False)
+        features, seen = out.features.numpy(), out.seen.numpy()
+    else:
+        features, seen = numpy_reference(points, frames, maps, proj.border_margin, proj.depth_threshold)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.result:
+        np.save(args.result + ".features.npy", features)
+        np.save(args.result + ".seen.npy", seen)
+    print(json.dumps({"seconds": seconds, "peak_growth_mib": (peak - rss_before) / 1024, "seen": int(seen.sum())}))
+
+
+def run_worker(kind: str, frames: int, args, points_file: str, result: str | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--frames", str(frames), "--dim", str(args.dim),
+           "--pool", str(args.pool), "--threads", str(args.threads), "--seed", str(args.seed), "--points-file", points_file]
+    if result:
+        cmd += ["--result", result]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--pool", type=int, default=4, help="distinct random maps cycled over the frames")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for ours (1: the NumPy reference is single-threaded too, and the 2 cores here are shared)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=["ours", "numpy"], help=argparse.SUPPRESS)
+    parser.add_argument("--points-file", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    if args.worker:
+        worker(args)
+        return
+    if not DATA.is_dir():
+        raise SystemExit(f"benchmark data not found: {DATA}")
+
+    frames = seven_scenes_frames(DATA, args.frames)
+    points = build_points(seven_scenes_frames(DATA, 10**6), args.points, args.seed)
+    n = len(points)
+    print(f"7-Scenes redkitchen: {n} points, {len(frames)} frames, maps {MAP_H}x{MAP_W}x{args.dim} float32, "
+          f"torch threads {args.threads}")
+    with tempfile.TemporaryDirectory() as tmp:
+        points_file = os.path.join(tmp, "points.npy")
+        np.save(points_file, points)
+        small = max(1, len(frames) // 4)
+        ours_small = run_worker("ours", small, args, points_file, None)
+        ours = run_worker("ours", len(frames), args, points_file, os.path.join(tmp, "ours"))
+        ref = run_worker("numpy", len(frames), args, points_file, os.path.join(tmp, "ref"))
+        a_feat, a_seen = np.load(os.path.join(tmp, "ours.features.npy")), np.load(os.path.join(tmp, "ours.seen.npy"))
+        b_feat, b_seen = np.load(os.path.join(tmp, "ref.features.npy")), np.load(os.path.join(tmp, "ref.seen.npy"))
+
+    diff = float(np.abs(a_feat.astype(np.float32) - b_feat.astype(np.float32)).max())
+    seen_mismatch = int((a_seen != b_seen).sum())
+    work = n * len(frames)
+    print(f"seen: ours {ours['seen']} / {n} ({100 * ours['seen'] / n:.1f}%), numpy {ref['seen']}; "
+          f"seen-mask mismatches: {seen_mismatch}")
+    print(f"max abs difference (fp16 features): {diff:.3g}")
+    print(f"numpy reference: {ref['seconds']:.2f} s, {work / ref['seconds']:.3g} points x views / s, "
+          f"peak memory growth {ref['peak_growth_mib']:.0f} MiB")
+    print(f"ours (fuse_maps, cpu): {ours['seconds']:.2f} s, {work / ours['seconds']:.3g} points x views / s, "
+          f"peak memory growth {ours['peak_growth_mib']:.0f} MiB")
+    print(f"ours peak memory growth: {small} frames {ours_small['peak_growth_mib']:.0f} MiB, "
+          f"{len(frames)} frames {ours['peak_growth_mib']:.0f} MiB "
+          f"(running sum alone: {n * args.dim * 4 / 2**20:.0f} MiB)")
+    print(f"speed-up: {ref['seconds'] / ours['seconds']:.2f}")
+    if diff > MAX_FP16_DIFF or seen_mismatch:
+        raise SystemExit(f"FAIL: fusion disagrees with the NumPy reference (max diff {diff:.3g}, {seen_mismatch} seen mismatches)")
+
+
+if __name__ == "__main__":
+    main()

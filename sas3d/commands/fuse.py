@@ -1,0 +1,183 @@
+"""``sas3d fuse``: project 2D teacher outputs onto a scene's points and average them (multi-view fusion)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "fuse per-frame 2D teacher features onto a scene's 3D points"
+DESCRIPTION = """\
+Project every point into every frame (pinhole, nearest pixel, border margin, depth occlusion
+test) and average each teacher's per-pixel features over the views that see it (OpenScene
+protocol). Writes a PointFeatures safetensors file: fp16 features (N, C), a seen mask, and the
+config that produced it.
+
+Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <frame-stem>.npy
+(h, w, C) map per frame in the text space, or <stem>.png (uint16 segment ids) + <stem>.json
+(id -> label). With several --teacher options each is fused separately and then combined with
+--fusion (guided needs --capability cap.json from `sas3d capability`).
+
+Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
+"""
+
+FUSIONS = ("guided", "add", "linear", "mean")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scene", help="scene folder or file (any layout sas3d.load_scene reads)")
+    parser.add_argument("--teacher", action="append", required=True, metavar="SPEC",
+                        help="teacher spec, e.g. precomputed:DIR, simulated:lseg, clip-dense:MODEL (repeatable)")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided fusion")
+    parser.add_argument("--fusion", choices=FUSIONS,
+                        help="how several teachers are combined (default: guided with --capability, else mean)")
+    parser.add_argument("--labelset", help="vocabulary for guided/linear fusion (default: the capability's classes, else scannet20)")
+    parser.add_argument("--text-encoder", default="minilm", help="text encoder spec: minilm or clip:<model> (default minilm)")
+    parser.add_argument("--frame-stride", type=int, help="use every n-th frame (default: the reader's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--cache", help="folder caching per-frame teacher outputs")
+    parser.add_argument("--seed", type=int, default=0, help="seed for teachers that use randomness")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="projection config override, e.g. --set border_margin=5 --set depth_threshold=0.2")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    import sas3d
+    from sas3d.config import apply_overrides, from_dict, to_dict
+    from sas3d.errors import ConfigError
+    from sas3d.fusion.multiview import FusionConfig, fuse_teacher
+    from sas3d.geometry.projection import ProjectionConfig, projection_config_for
+    from sas3d.teachers.registry import TeacherContext, build_teacher
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device} asked for, but torch sees no CUDA device")
+    out = Path(args.out)
+    from_dict(ProjectionConfig, apply_overrides(to_dict(ProjectionConfig()), args.set), "--set")  # fail fast on bad keys
+    options = {} if args.frame_stride is None else {"frame_stride": args.frame_stride}
+    scene = sas3d.load_scene(args.scene, **options)
+    if not scene.frames:
+        raise ConfigError(f"{args.scene}: the scene has no posed frames to fuse from")
+    projection = from_dict(ProjectionConfig, apply_overrides(to_dict(projection_config_for(scene.kind)), args.set), "--set")
+    cfg = FusionConfig(projection=projection)
+
+    encoder = _lazy_text_encoder(args.text_encoder, args.device)
+    context = TeacherContext(
+        scene=scene,
+        text_encoder=encoder,
+        label_set=args.labelset or "scannet20",
+        cache_dir=Path(args.cache) if args.cache else None,
+        device=args.device,
+        seed=args.seed,
+    )
+    teachers = [build_teacher(spec, context) for spec in args.teacher]
+    fusion = args.fusion or ("guided" if args.capability and len(teachers) > 1 else "mean")
+    capability = _load_capability(args.capability) if args.capability else None
+    if len(teachers) > 1 and fusion == "guided" and capability is None:
+        raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
+
+    fused = []
+    for spec, teacher in zip(args.teacher, teachers):
+        features = fuse_teacher(scene, teacher, cfg, args.device, progress=not args.no_progress)
+        features.metadata["teacher_spec"] = spec
+        fused.append(features)
+
+    if len(fused) == 1:
+        result = fused[0]
+        if args.fusion and args.fusion != "mean":
+            print(f"note: one teacher, --fusion {args.fusion} has nothing to combine; writing its mean-fused features")
+    else:
+        result = _combine(fused, teachers, fusion, capability, args, encoder)
+        result.metadata.setdefault("projection", to_dict(cfg))
+        result.metadata["teacher_specs"] = list(args.teacher)
+    result.metadata.setdefault("scene", scene.name)
+    result.metadata["source"] = str(args.scene)
+    result.save(out)
+
+    seen = int(result.seen.sum())
+    names = ", ".join(getattr(t, "name", type(t).__name__) for t in teachers)
+    simulated = " (SIMULATED teacher outputs)" if "simulated" in names else ""
+    print(
+        f"Fused {len(teachers)} teacher(s) [{names}]{simulated} over {len(scene.frames)} frames of scene "
+        f"{scene.name}: {seen} of {scene.num_points} points seen ({100.0 * seen / max(1, scene.num_points):.1f}%), "
+        f"{result.dim}-d features, fusion {fusion if len(teachers) > 1 else 'mean'}; wrote {out}."
+    )
+    return 0
+
+
+def _load_capability(path: str):
+    from sas3d.capability import Capability
+
+    return Capability.load(path)
+
+
+def _combine(fused, teachers, fusion, capability, args, encoder):
+    """Combine per-teacher features with sas3d.fusion.guided (vocabulary from --labelset / capability)."""
+    import numpy as np
+    import torch
+
+    from sas3d.errors import ConfigError
+    from sas3d.fusion.guided import fuse_teachers
+    from sas3d.text.labelsets import CATCH_ALL, get_label_set, prompt_for
+
+    if fusion in ("add", "mean"):
+        # Text-free combinations: no vocabulary, no text encoder loaded.
+        classes: list[str] = []
+        class_text = torch.zeros(0, fused[0].dim)
+    else:
+        if args.labelset or capability is None:
+            classes = list(get_label_set(args.labelset or "scannet20").classes)
+        else:
+            classes = list(capability.classes)
+        class_text = encoder.encode([prompt_for(c) for c in classes])
+        if class_text.shape[1] != fused[0].dim:
+            raise ConfigError(f"text encoder {args.text_encoder} gives {class_text.shape[1]}-d features, teachers give {fused[0].dim}-d")
+    catch_all = next((i for i, c in enumerate(classes) if c in CATCH_ALL), None)
+
+    scores = None
+    if capability is not None and fusion == "guided":
+        names = [getattr(t, "name", "") for t in teachers]
+        if all(n in capability.teachers for n in names):
+            rows = [capability.teachers.index(n) for n in names]
+        elif len(capability.teachers) == len(teachers):
+            print(f"note: teachers {names} not all named in the capability file {capability.teachers}; using its rows in order")
+            rows = list(range(len(teachers)))
+        else:
+            raise ConfigError(f"capability file scores teachers {capability.teachers}, cannot match {names}")
+        cap_scores = np.asarray(capability.scores, dtype=np.float32)[rows]
+        missing = [c for c in classes if c not in capability.classes]
+        if missing:
+            print(f"note: capability has no score for {missing}; they get 0")
+        columns = [cap_scores[:, capability.classes.index(c)] if c in capability.classes else np.zeros(len(rows), np.float32)
+                   for c in classes]
+        scores = torch.from_numpy(np.stack(columns, axis=1))
+    return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
+                         capability_source=str(args.capability) if args.capability else None)
+
+
+def _lazy_text_encoder(spec: str, device: str):
+    """A TextEncoder that builds the real one on first use, so dense precomputed teachers never load a model."""
+    from sas3d.text.base import TextEncoder
+    from sas3d.text.encoders import build_text_encoder
+
+    class LazyTextEncoder(TextEncoder):
+        def __init__(self) -> None:
+            self.name = spec
+            self._encoder: TextEncoder | None = None
+
+        def _get(self) -> TextEncoder:
+            if self._encoder is None:
+                self._encoder = build_text_encoder(spec, device=device)
+            return self._encoder
+
+        @property
+        def dim(self) -> int:  # type: ignore[override]
+            return self._get().dim
+
+        def encode(self, texts):
+            return self._get().encode(texts)
+
+    return LazyTextEncoder()
