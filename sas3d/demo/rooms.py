@@ -1,0 +1,770 @@
+"""Procedurally generated indoor rooms: the embedded default dataset (no download needed).
+
+A room is a triangle mesh built from subdivided boxes, cylinders and draped sheets (edges of a
+few centimetres, so per-vertex labels and mesh superpoints have enough vertices to work with),
+with per-vertex colours and ScanNet20 labels. Walls and floor, no ceiling (ScanNet20 has no
+ceiling class; the rendered cameras look down-ish). Furniture is placed by rejection sampling on
+the floor plan. Room types together cover all 20 ScanNet classes; the default 3 training rooms
+(living room, bathroom, studio) already do.
+
+:func:`build_embedded_dataset` writes rooms in the ScanNet export layout, with rendered RGB-D
+frames numbered 0, 20, 40, ... so the ScanNet reader's default ``frame_stride=20`` loads them all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sas3d.scene.types import IGNORE_LABEL
+from sas3d.text.labelsets import NYU40_TO_SCANNET20_IDS, get_label_set
+
+_CLASSES = get_label_set("scannet20")
+L = {name: i for i, name in enumerate(_CLASSES.classes)}  # class name -> ScanNet20 index
+PROP = IGNORE_LABEL  # small objects outside ScanNet20 (monitors, lamps): "no ground truth", as in ScanNet
+
+ROOM_TYPES = ("living", "bathroom", "studio", "office", "bedroom", "kitchen")
+WALL_HEIGHT = 2.6
+
+
+@dataclass
+class RoomMesh:
+    """A generated room: vertices (V,3) float32 metres (z up, floor at z=0), faces (F,3) int64,
+    colors (V,3) uint8, labels (V,) int64 ScanNet20 indices (255 = ignore)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray
+    labels: np.ndarray
+    room_type: str
+    size: tuple[float, float]
+    objects: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh building
+
+
+class _Builder:
+    """Accumulates subdivided primitives in an object-local frame (x, y rotated by ``yaw``, then shifted)."""
+
+    def __init__(self, rng: np.random.Generator, edge: float):
+        self.rng = rng
+        self.edge = edge
+        self.verts: list[np.ndarray] = []
+        self.faces: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.labs: list[np.ndarray] = []
+        self.n = 0
+        self.frame = (0.0, 0.0, 0.0)  # x, y, yaw of the current object
+
+    def _emit(self, v: np.ndarray, f: np.ndarray, color, label: int, noise: float = 5.0,
+              color_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        x0, y0, yaw = self.frame
+        c, s = math.cos(yaw), math.sin(yaw)
+        world = np.empty_like(v)
+        world[:, 0] = c * v[:, 0] - s * v[:, 1] + x0
+        world[:, 1] = s * v[:, 0] + c * v[:, 1] + y0
+        world[:, 2] = v[:, 2]
+        base = np.broadcast_to(np.asarray(color, dtype=np.float32), (len(v), 3))
+        if color_fn is not None:
+            base = color_fn(world)
+        col = base + self.rng.normal(0.0, noise, size=(len(v), 3))
+        self.verts.append(world.astype(np.float32))
+        self.faces.append(f + self.n)
+        self.cols.append(np.clip(np.rint(col), 0, 255).astype(np.uint8))
+        self.labs.append(np.full(len(v), label, dtype=np.int64))
+        self.n += len(v)
+
+    def quad(self, origin, a, b, color, label, offset_fn=None, **kw) -> None:
+        """A parallelogram ``origin + s*a + t*b`` subdivided into a grid of ~edge-sized cells."""
+        origin, a, b = (np.asarray(x, dtype=np.float64) for x in (origin, a, b))
+        nu = max(1, math.ceil(np.linalg.norm(a) / self.edge))
+        nv = max(1, math.ceil(np.linalg.norm(b) / self.edge))
+        s, t = np.meshgrid(np.linspace(0, 1, nu + 1), np.linspace(0, 1, nv + 1), indexing="ij")
+        v = origin + s.reshape(-1, 1) * a + t.reshape(-1, 1) * b
+        if offset_fn is not None:
+            v = v + offset_fn(s.reshape(-1), t.reshape(-1))
+        idx = np.arange((nu + 1) * (nv + 1)).reshape(nu + 1, nv + 1)
+        p00, p10, p01, p11 = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, 1:].ravel()
+        f = np.concatenate([np.stack([p00, p10, p11], 1), np.stack([p00, p11, p01], 1)])
+        self._emit(v, f, color, label, **kw)
+
+    def box(self, lo, hi, color, label, bottom: bool = False, **kw) -> None:
+        """Axis-aligned (in the object frame) box from corner ``lo`` to ``hi``; the bottom face only if asked."""
+        (x0, y0, z0), (x1, y1, z1) = lo, hi
+        dx, dy, dz = (x1 - x0, 0, 0), (0, y1 - y0, 0), (0, 0, z1 - z0)
+        self.quad((x0, y0, z1), dx, dy, color, label, **kw)  # top
+        self.quad((x0, y0, z0), dx, dz, color, label, **kw)  # front (-y)
+        self.quad((x0, y1, z0), dx, dz, color, label, **kw)  # back (+y)
+        self.quad((x0, y0, z0), dy, dz, color, label, **kw)  # left (-x)
+        self.quad((x1, y0, z0), dy, dz, color, label, **kw)  # right (+x)
+        if bottom:
+            self.quad((x0, y0, z0), dx, dy, color, label, **kw)
+
+    def cylinder(self, cx, cy, z0, radius, height, color, label, top: bool = True, bottom: bool = False, **kw) -> None:
+        """Vertical cylinder (object frame), side subdivided along height and circumference, capped discs."""
+        nseg = max(8, math.ceil(2 * math.pi * radius / self.edge))
+        nh = max(1, math.ceil(height / self.edge))
+        ang = np.linspace(0, 2 * math.pi, nseg, endpoint=False)
+        zs = np.linspace(z0, z0 + height, nh + 1)
+        ring = np.stack([cx + radius * np.cos(ang), cy + radius * np.sin(ang)], 1)
+        v = np.concatenate([np.column_stack([ring, np.full(nseg, z)]) for z in zs])
+        idx = np.arange(len(v)).reshape(nh + 1, nseg)
+        nxt = np.roll(idx, -1, axis=1)
+        f = np.concatenate([np.stack([idx[:-1].ravel(), nxt[:-1].ravel(), nxt[1:].ravel()], 1),
+                            np.stack([idx[:-1].ravel(), nxt[1:].ravel(), idx[1:].ravel()], 1)])
+        self._emit(v, f, color, label, **kw)
+        for z, want in ((z0 + height, top), (z0, bottom)):
+            if want:
+                self.disc(cx, cy, z, radius, color, label, nseg=nseg, **kw)
+
+    def disc(self, cx, cy, z, radius, color, label, nseg: int | None = None, **kw) -> None:
+        """Horizontal disc as concentric rings (so it has interior vertices too)."""
+        nseg = nseg or max(8, math.ceil(2 * math.pi * radius / self.edge))
+        nr = max(1, math.ceil(radius / self.edge))
+        ang = np.linspace(0, 2 * math.pi, nseg, endpoint=False)
+        rings = [np.array([[cx, cy, z]])]
+        for k in range(1, nr + 1):
+            r = radius * k / nr
+            rings.append(np.column_stack([cx + r * np.cos(ang), cy + r * np.sin(ang), np.full(nseg, z)]))
+        v = np.concatenate(rings)
+        f = [np.stack([np.zeros(nseg, np.int64), 1 + np.arange(nseg), 1 + (np.arange(nseg) + 1) % nseg], 1)]
+        for k in range(1, nr):
+            a = 1 + (k - 1) * nseg + np.arange(nseg)
+            b = 1 + k * nseg + np.arange(nseg)
+            an, bn = np.roll(a, -1), np.roll(b, -1)
+            f += [np.stack([a, an, bn], 1), np.stack([a, bn, b], 1)]
+        self._emit(v, np.concatenate(f), color, label, **kw)
+
+    def sheet(self, x0, x1, y, z0, z1, color, label, folds: float, depth: float, **kw) -> None:
+        """A hanging curtain: vertical sheet along x at ``y`` with sinusoidal folds (amplitude ``depth``)."""
+        width = x1 - x0
+        phase = self.rng.uniform(0, 2 * math.pi)
+
+        def folds_fn(s, t):
+            off = np.zeros((len(s), 3))
+            off[:, 1] = depth * np.sin(2 * math.pi * folds * s + phase)
+            return off
+
+        self.quad((x0, y, z0), (width, 0, 0), (0, 0, z1 - z0), color, label, offset_fn=folds_fn, **kw)
+
+    def mesh(self, room_type: str, size: tuple[float, float], objects: list[str]) -> RoomMesh:
+        return RoomMesh(
+            vertices=np.concatenate(self.verts), faces=np.concatenate(self.faces).astype(np.int64),
+            colors=np.concatenate(self.cols), labels=np.concatenate(self.labs),
+            room_type=room_type, size=size, objects=objects,
+        )
+
+
+def _col(rng: np.random.Generator, palette: list[tuple[int, int, int]], jitter: float = 12.0) -> np.ndarray:
+    """A palette colour with a random per-object shift."""
+    c = np.asarray(palette[rng.integers(len(palette))], dtype=np.float32)
+    return np.clip(c + rng.normal(0, jitter, 3), 0, 255)
+
+
+WOODS = [(150, 105, 65), (120, 80, 50), (185, 145, 100), (95, 65, 45), (205, 175, 135)]
+FABRICS = [(70, 90, 140), (140, 60, 60), (90, 120, 80), (160, 150, 130), (60, 60, 65), (180, 120, 70), (110, 80, 120)]
+WHITES = [(235, 235, 230), (220, 222, 225), (245, 240, 228)]
+METALS = [(160, 165, 170), (90, 95, 100), (200, 200, 205)]
+WALLS = [(225, 220, 205), (210, 220, 225), (230, 215, 200), (200, 210, 190), (235, 235, 235)]
+FLOORS = [(150, 110, 75), (120, 95, 70), (170, 160, 150), (100, 100, 110), (190, 170, 140)]
+
+# ----------------------------------------------------------------------------------------------
+# Furniture (object frame: footprint centred at the origin, width along x, depth along y,
+# back at +y against a wall, front at -y). Each takes (builder, rng, w, d) and builds at frame.
+
+
+def _legs(b, rng, w, d, h, color, label, inset=0.04, t=0.04, round_=False):
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            cx, cy = sx * (w / 2 - inset - t / 2), sy * (d / 2 - inset - t / 2)
+            if round_:
+                b.cylinder(cx, cy, 0.0, t / 2, h, color, label, top=False)
+            else:
+                b.box((cx - t / 2, cy - t / 2, 0), (cx + t / 2, cy + t / 2, h), color, label)
+
+
+def chair(b, rng, w, d):
+    c_frame, c_seat = _col(rng, WOODS + METALS), _col(rng, FABRICS + WOODS)
+    seat_h = rng.uniform(0.42, 0.48)
+    if rng.random() < 0.35:  # office chair: column + star base
+        b.cylinder(0, 0, 0.04, 0.28, 0.03, c_frame, L["chair"])
+        for k in range(5):  # castors
+            a = 2 * math.pi * k / 5
+            b.cylinder(0.27 * math.cos(a), 0.27 * math.sin(a), 0.0, 0.025, 0.04, (40, 40, 40), L["chair"])
+        b.cylinder(0, 0, 0.05, 0.03, seat_h - 0.1, c_frame, L["chair"])
+    else:
+        _legs(b, rng, w, d, seat_h - 0.04, c_frame, L["chair"], inset=0.02, t=0.035, round_=rng.random() < 0.5)
+    b.box((-w / 2, -d / 2, seat_h - 0.05), (w / 2, d / 2, seat_h), c_seat, L["chair"], bottom=True)
+    back_h = seat_h + rng.uniform(0.35, 0.5)
+    b.box((-w / 2, d / 2 - 0.05, seat_h), (w / 2, d / 2, back_h), c_seat, L["chair"])
+
+
+def table(b, rng, w, d, height=None):
+    c = _col(rng, WOODS + WHITES + METALS)
+    h = height or rng.uniform(0.72, 0.77)
+    if rng.random() < 0.3 and abs(w - d) < 0.2:  # round pedestal table
+        r = min(w, d) / 2
+        b.cylinder(0, 0, h - 0.04, r, 0.04, c, L["table"], bottom=True)
+        b.cylinder(0, 0, 0.03, 0.05, h - 0.07, c, L["table"], top=False)
+        b.cylinder(0, 0, 0.0, r * 0.5, 0.03, c, L["table"])
+    else:
+        b.box((-w / 2, -d / 2, h - 0.04), (w / 2, d / 2, h), c, L["table"], bottom=True)
+        _legs(b, rng, w, d, h - 0.04, c, L["table"], round_=rng.random() < 0.4, t=0.05)
+
+
+def coffee_table(b, rng, w, d):
+    table(b, rng, w, d, height=rng.uniform(0.4, 0.48))
+
+
+def desk(b, rng, w, d):
+    c = _col(rng, WOODS + WHITES)
+    h = rng.uniform(0.72, 0.76)
+    b.box((-w / 2, -d / 2, h - 0.03), (w / 2, d / 2, h), c, L["desk"], bottom=True)
+    b.box((-w / 2, -d / 2 + 0.05, 0), (-w / 2 + 0.03, d / 2, h - 0.03), c, L["desk"])  # side panels
+    if rng.random() < 0.6:  # drawer unit on the right
+        b.box((w / 2 - 0.42, -d / 2 + 0.03, 0), (w / 2, d / 2, h - 0.03), c, L["desk"])
+        for k in range(3):
+            z = 0.05 + k * (h - 0.1) / 3
+            b.box((w / 2 - 0.38, -d / 2, z + 0.02), (w / 2 - 0.04, -d / 2 + 0.03, z + (h - 0.1) / 3 - 0.02),
+                  c * 0.85, L["desk"])
+    else:
+        b.box((w / 2 - 0.03, -d / 2 + 0.05, 0), (w / 2, d / 2, h - 0.03), c, L["desk"])
+    if rng.random() < 0.7:  # a monitor: not a ScanNet20 class
+        b.box((-0.28, d / 2 - 0.2, h + 0.12), (0.28, d / 2 - 0.17, h + 0.45), (30, 30, 35), PROP)
+        b.box((-0.03, d / 2 - 0.17, h), (0.03, d / 2 - 0.14, h + 0.12), (60, 60, 60), PROP)
+
+
+def sofa(b, rng, w, d):
+    c = _col(rng, FABRICS)
+    seat = rng.uniform(0.38, 0.45)
+    b.box((-w / 2, -d / 2, 0.08), (w / 2, d / 2, seat - 0.1), c * 0.9, L["sofa"])
+    _legs(b, rng, w, d, 0.08, (50, 40, 30), L["sofa"], inset=0.05, t=0.04)
+    arm = 0.18
+    n_cushions = 2 if w < 1.6 else 3
+    cw = (w - 2 * arm) / n_cushions
+    for k in range(n_cushions):
+        x0 = -w / 2 + arm + k * cw
+        b.box((x0 + 0.005, -d / 2 + 0.02, seat - 0.1), (x0 + cw - 0.005, d / 2 - 0.2, seat), c, L["sofa"])
+    b.box((-w / 2, d / 2 - 0.2, 0.08), (w / 2, d / 2, seat + rng.uniform(0.35, 0.5)), c, L["sofa"])
+    for sx in (-1, 1):
+        x0 = -w / 2 if sx < 0 else w / 2 - arm
+        b.box((x0, -d / 2, 0.08), (x0 + arm, d / 2 - 0.2, seat + 0.18), c, L["sofa"])
+
+
+def bed(b, rng, w, d):
+    c_frame, c_sheet, c_blanket = _col(rng, WOODS), _col(rng, WHITES, 5), _col(rng, FABRICS)
+    b.box((-w / 2, -d / 2, 0), (w / 2, d / 2, 0.3), c_frame, L["bed"])
+    b.box((-w / 2 + 0.03, -d / 2 + 0.03, 0.3), (w / 2 - 0.03, d / 2 - 0.05, 0.5), c_sheet, L["bed"])
+    b.box((-w / 2 + 0.02, -d / 2 + 0.02, 0.5), (w / 2 - 0.02, d / 2 * 0.35, 0.53), c_blanket, L["bed"])
+    b.box((-w / 2, d / 2 - 0.06, 0), (w / 2, d / 2, rng.uniform(0.9, 1.2)), c_frame, L["bed"])  # headboard
+    n_pillows = 1 if w < 1.2 else 2
+    pw = (w - 0.2) / n_pillows
+    for k in range(n_pillows):
+        x0 = -w / 2 + 0.1 + k * pw
+        b.box((x0 + 0.03, d / 2 - 0.45, 0.5), (x0 + pw - 0.03, d / 2 - 0.1, 0.62), c_sheet, L["bed"])
+
+
+def cabinet(b, rng, w, d, height=None):
+    c = _col(rng, WOODS + WHITES)
+    h = height or rng.uniform(0.5, 2.0)
+    b.box((-w / 2, -d / 2, 0), (w / 2, d / 2, h), c, L["cabinet"])
+    n_doors = max(1, round(w / 0.45))
+    dw = w / n_doors
+    for k in range(n_doors):
+        x0 = -w / 2 + k * dw
+        b.box((x0 + 0.01, -d / 2 - 0.015, 0.05), (x0 + dw - 0.01, -d / 2, h - 0.03), c * 0.92, L["cabinet"])
+        kx = x0 + (dw - 0.06 if k % 2 == 0 else 0.06)
+        b.box((kx - 0.01, -d / 2 - 0.04, h / 2 - 0.06), (kx + 0.01, -d / 2 - 0.015, h / 2 + 0.06), METALS[0], L["cabinet"])
+
+
+def nightstand(b, rng, w, d):
+    cabinet(b, rng, w, d, height=rng.uniform(0.45, 0.6))
+
+
+def wardrobe(b, rng, w, d):
+    cabinet(b, rng, w, d, height=rng.uniform(1.8, 2.1))
+
+
+def bookshelf(b, rng, w, d):
+    c = _col(rng, WOODS + WHITES)
+    h = rng.uniform(1.2, 2.0)
+    t = 0.025
+    b.box((-w / 2, -d / 2, 0), (-w / 2 + t, d / 2, h), c, L["bookshelf"])
+    b.box((w / 2 - t, -d / 2, 0), (w / 2, d / 2, h), c, L["bookshelf"])
+    b.box((-w / 2, d / 2 - t, 0), (w / 2, d / 2, h), c * 0.9, L["bookshelf"])
+    n_shelves = max(2, int(h / 0.36))
+    for k in range(n_shelves + 1):
+        z = min(k * h / n_shelves, h - t)
+        b.box((-w / 2 + t, -d / 2, z), (w / 2 - t, d / 2 - t, z + t), c, L["bookshelf"])
+        if k == n_shelves:
+            break
+        x = -w / 2 + t + 0.01  # books standing on the board, labelled with the shelf as ScanNet annotators mostly do
+        while x < w / 2 - t - 0.1 and rng.random() < 0.93:
+            bw, bh = rng.uniform(0.02, 0.06), rng.uniform(0.15, min(0.3, h / n_shelves - 0.05))
+            b.box((x, -d / 2 + 0.03, z + t), (x + bw, d / 2 - t - 0.01, z + t + bh), _col(rng, FABRICS, 30),
+                  L["bookshelf"], noise=3.0)
+            x += bw + rng.uniform(0.0, 0.03)
+
+
+def kitchen_counter(b, rng, w, d, with_sink=True):
+    """Base cabinets, a counter top and (optionally) a sink on it."""
+    c_cab, c_top = _col(rng, WOODS + WHITES), _col(rng, [(60, 60, 60), (200, 195, 185), (120, 110, 100)])
+    h = 0.9
+    b.box((-w / 2, -d / 2 + 0.05, 0), (w / 2, d / 2, h - 0.04), c_cab, L["cabinet"])
+    n_doors = max(1, round(w / 0.5))
+    for k in range(n_doors):
+        x0 = -w / 2 + k * w / n_doors
+        b.box((x0 + 0.01, -d / 2 + 0.035, 0.1), (x0 + w / n_doors - 0.01, -d / 2 + 0.05, h - 0.08), c_cab * 0.9, L["cabinet"])
+    b.box((-w / 2, -d / 2, h - 0.04), (w / 2, d / 2, h), c_top, L["counter"], bottom=True)
+    if with_sink:
+        _sink(b, rng, rng.uniform(-w / 2 + 0.4, w / 2 - 0.4), 0.0, h, min(0.6, w - 0.2), min(0.45, d - 0.1))
+
+
+def _sink(b, rng, x, y, z, sw, sd):
+    c = _col(rng, WHITES + METALS, 5)
+    t, rim = 0.03, 0.04
+    b.box((x - sw / 2, y - sd / 2, z), (x + sw / 2, y - sd / 2 + t, z + rim), c, L["sink"])
+    b.box((x - sw / 2, y + sd / 2 - t, z), (x + sw / 2, y + sd / 2, z + rim), c, L["sink"])
+    b.box((x - sw / 2, y - sd / 2 + t, z), (x - sw / 2 + t, y + sd / 2 - t, z + rim), c, L["sink"])
+    b.box((x + sw / 2 - t, y - sd / 2 + t, z), (x + sw / 2, y + sd / 2 - t, z + rim), c, L["sink"])
+    b.quad((x - sw / 2 + t, y - sd / 2 + t, z + 0.005), (sw - 2 * t, 0, 0), (0, sd - 2 * t, 0), c * 0.85, L["sink"])
+    b.cylinder(x, y + sd / 2 + 0.03, z, 0.02, 0.25, METALS[2], L["sink"])  # faucet
+    b.box((x - 0.015, y + sd / 2 - 0.12, z + 0.22), (x + 0.015, y + sd / 2 + 0.03, z + 0.25), METALS[2], L["sink"])
+
+
+def vanity(b, rng, w, d):
+    """Bathroom vanity: cabinet body, counter top, sink."""
+    kitchen_counter(b, rng, w, d, with_sink=False)
+    _sink(b, rng, 0.0, 0.0, 0.9, min(0.5, w - 0.15), min(0.38, d - 0.1))
+
+
+def refrigerator(b, rng, w, d):
+    c = _col(rng, WHITES + METALS, 6)
+    h = rng.uniform(1.7, 1.95)
+    b.box((-w / 2, -d / 2, 0), (w / 2, d / 2, h), c, L["refrigerator"])
+    split = h * rng.uniform(0.3, 0.4)
+    b.box((-w / 2 + 0.01, -d / 2 - 0.01, 0.02), (w / 2 - 0.01, -d / 2, split - 0.01), c * 0.96, L["refrigerator"])
+    b.box((-w / 2 + 0.01, -d / 2 - 0.01, split + 0.01), (w / 2 - 0.01, -d / 2, h - 0.02), c * 0.96, L["refrigerator"])
+    for z0, z1 in ((split - 0.35, split - 0.05), (split + 0.08, split + 0.5)):
+        b.box((w / 2 - 0.08, -d / 2 - 0.05, z0), (w / 2 - 0.05, -d / 2 - 0.01, z1), METALS[1], L["refrigerator"])
+
+
+def toilet(b, rng, w, d):
+    c = _col(rng, WHITES, 4)
+    b.cylinder(0, -0.08, 0.0, 0.14, 0.3, c, L["toilet"], top=False)
+    b.cylinder(0, -0.1, 0.3, 0.19, 0.08, c, L["toilet"])
+    b.cylinder(0, -0.1, 0.38, 0.2, 0.02, c * 0.97, L["toilet"])  # seat
+    b.box((-0.2, d / 2 - 0.2, 0.35), (0.2, d / 2, 0.78), c, L["toilet"])  # tank
+    b.box((-0.12, d / 2 - 0.3, 0.0), (0.12, d / 2 - 0.2, 0.38), c, L["toilet"])
+
+
+def bathtub(b, rng, w, d):
+    """Tub against the wall along its long side; the shower curtain hangs along the open front edge."""
+    c = _col(rng, WHITES, 4)
+    h, t = rng.uniform(0.5, 0.6), 0.08
+    b.box((-w / 2, -d / 2, 0), (w / 2, -d / 2 + t, h), c, L["bathtub"])
+    b.box((-w / 2, d / 2 - t, 0), (w / 2, d / 2, h), c, L["bathtub"])
+    b.box((-w / 2, -d / 2 + t, 0), (-w / 2 + t, d / 2 - t, h), c, L["bathtub"])
+    b.box((w / 2 - t, -d / 2 + t, 0), (w / 2, d / 2 - t, h), c, L["bathtub"])
+    b.box((-w / 2 + t, -d / 2 + t, 0), (w / 2 - t, d / 2 - t, 0.12), c * 0.95, L["bathtub"])
+    frac = rng.uniform(0.4, 0.75)
+    x0 = -w / 2 + 0.02 if rng.random() < 0.5 else w / 2 - 0.02 - frac * w
+    b.box((-w / 2, -d / 2 + 0.04, 2.0), (w / 2, -d / 2 + 0.06, 2.02), METALS[0], PROP)  # curtain rod
+    b.sheet(x0, x0 + frac * w, -d / 2 + 0.05, h + 0.1, 1.98, _col(rng, FABRICS + WHITES, 20), L["shower curtain"],
+            folds=frac * w / 0.15, depth=0.03)
+
+
+def shelf_unit(b, rng, w, d):
+    """Misc furniture (ScanNet 'otherfurniture'): an open metal rack, a stool, or a crate."""
+    kind = rng.integers(3)
+    c = _col(rng, METALS + WOODS)
+    if kind == 0:
+        h = rng.uniform(0.8, 1.5)
+        _legs(b, rng, w, d, h, c, L["otherfurniture"], inset=0.0, t=0.03)
+        for z in np.linspace(0.1, h - 0.02, 3):
+            b.box((-w / 2, -d / 2, z), (w / 2, d / 2, z + 0.02), c, L["otherfurniture"])
+    elif kind == 1:
+        b.cylinder(0, 0, 0.0, min(w, d) / 2 * 0.9, rng.uniform(0.4, 0.65), c, L["otherfurniture"])
+    else:
+        b.box((-w / 2, -d / 2, 0), (w / 2, d / 2, rng.uniform(0.3, 0.7)), c, L["otherfurniture"])
+
+
+# Wall-mounted items (frame: x along the wall, y = distance into the room, z up).
+
+
+def door(b, rng, x0, width):
+    c = _col(rng, WOODS + WHITES)
+    b.box((x0 - 0.05, 0.0, 0.0), (x0 + width + 0.05, 0.02, 2.12), c * 0.9, L["door"])  # frame
+    b.box((x0, 0.02, 0.0), (x0 + width, 0.05, 2.05), c, L["door"])
+    hx = x0 + width - 0.1
+    b.box((hx - 0.06, 0.05, 1.0), (hx + 0.02, 0.1, 1.03), METALS[0], L["door"])
+
+
+def window(b, rng, x0, width, z0, height):
+    c_frame, c_glass = _col(rng, WHITES + WOODS, 6), np.array([170, 200, 225]) + rng.normal(0, 8, 3)
+    t = 0.05
+    b.box((x0, 0.0, z0), (x0 + width, 0.06, z0 + t), c_frame, L["window"])
+    b.box((x0, 0.0, z0 + height - t), (x0 + width, 0.06, z0 + height), c_frame, L["window"])
+    b.box((x0, 0.0, z0 + t), (x0 + t, 0.06, z0 + height - t), c_frame, L["window"])
+    b.box((x0 + width - t, 0.0, z0 + t), (x0 + width, 0.06, z0 + height - t), c_frame, L["window"])
+    b.box((x0 + width / 2 - 0.02, 0.0, z0 + t), (x0 + width / 2 + 0.02, 0.05, z0 + height - t), c_frame, L["window"])
+    b.quad((x0 + t, 0.02, z0 + t), (width - 2 * t, 0, 0), (0, 0, height - 2 * t), c_glass, L["window"],
+           color_fn=lambda p: c_glass + 25 * np.sin(p[:, 2:3] * 3.0 + p[:, 0:1]))
+
+
+def picture(b, rng, x0, width, z0, height):
+    c_frame = _col(rng, WOODS + [(30, 30, 30), (200, 180, 80)])
+    b.box((x0, 0.0, z0), (x0 + width, 0.03, z0 + height), c_frame, L["picture"])
+    ca, cb = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
+    freq = rng.uniform(2, 8, 2)
+
+    def painting(p):
+        m = 0.5 + 0.5 * np.sin(freq[0] * p[:, 0:1] + freq[1] * p[:, 2:3] * 1.7 + p[:, 1:2])
+        return ca * m + cb * (1 - m)
+
+    b.quad((x0 + 0.03, 0.032, z0 + 0.03), (width - 0.06, 0, 0), (0, 0, height - 0.06), ca, L["picture"], color_fn=painting)
+
+
+def curtains(b, rng, x0, width, top, bottom):
+    c = _col(rng, FABRICS + WHITES, 20)
+    side = max(0.3, width * rng.uniform(0.2, 0.35))
+    for xa in (x0 - 0.15, x0 + width + 0.15 - side):
+        b.sheet(xa, xa + side, 0.12, bottom, top, c, L["curtain"], folds=side / 0.12, depth=0.035)
+    b.box((x0 - 0.2, 0.1, top), (x0 + width + 0.2, 0.14, top + 0.03), METALS[1], PROP)  # rod
+
+
+# ----------------------------------------------------------------------------------------------
+# Room layout
+
+
+@dataclass
+class _Item:
+    name: str
+    fn: Callable
+    w: tuple[float, float]  # width range (along the wall)
+    d: tuple[float, float]  # depth range
+    place: str  # "wall" (back to a wall), "corner" or "free"
+    count: tuple[int, int] = (1, 1)
+
+
+def _catalogue(room_type: str) -> tuple[list[_Item], dict]:
+    """Furniture list (placed in order, big things first) and wall-item counts for a room type."""
+    I = _Item  # noqa: E741 - short local alias keeps the tables readable
+    chairs = I("chair", chair, (0.42, 0.5), (0.42, 0.5), "free", (1, 3))
+    misc = I("otherfurniture", shelf_unit, (0.35, 0.8), (0.3, 0.5), "wall", (1, 2))
+    furniture = {
+        "living": [I("sofa", sofa, (1.5, 2.2), (0.85, 0.95), "wall"), I("sofa", sofa, (0.9, 1.6), (0.85, 0.95), "wall", (0, 1)),
+                   I("bookshelf", bookshelf, (0.6, 1.2), (0.3, 0.38), "wall", (1, 2)),
+                   I("cabinet", cabinet, (0.8, 1.6), (0.4, 0.5), "wall"),
+                   I("table", coffee_table, (0.8, 1.2), (0.5, 0.7), "free"),
+                   I("table", table, (1.0, 1.4), (0.8, 0.9), "free", (0, 1)), chairs, misc],
+        "bathroom": [I("bathtub", bathtub, (1.5, 1.7), (0.7, 0.8), "corner"),
+                     I("counter", vanity, (0.7, 1.2), (0.5, 0.55), "wall"),
+                     I("toilet", toilet, (0.42, 0.45), (0.65, 0.7), "wall"),
+                     I("cabinet", cabinet, (0.4, 0.7), (0.3, 0.4), "wall"), misc],
+        "studio": [I("bed", bed, (1.0, 1.6), (1.9, 2.1), "wall"),
+                   I("counter", kitchen_counter, (1.6, 2.4), (0.6, 0.65), "corner"),
+                   I("refrigerator", refrigerator, (0.6, 0.75), (0.65, 0.72), "wall"),
+                   I("desk", desk, (1.0, 1.4), (0.6, 0.75), "wall"),
+                   I("table", table, (0.7, 1.0), (0.7, 0.9), "free"), chairs,
+                   I("cabinet", nightstand, (0.4, 0.5), (0.4, 0.45), "wall")],
+        "office": [I("desk", desk, (1.2, 1.6), (0.7, 0.8), "wall", (2, 4)),
+                   I("bookshelf", bookshelf, (0.8, 1.2), (0.3, 0.38), "wall", (1, 2)),
+                   I("cabinet", cabinet, (0.5, 1.0), (0.45, 0.6), "wall", (1, 2)),
+                   I("table", table, (1.4, 2.0), (0.8, 1.0), "free"),
+                   I("chair", chair, (0.45, 0.52), (0.45, 0.52), "free", (3, 6)), misc],
+        "bedroom": [I("bed", bed, (1.4, 1.8), (1.95, 2.1), "wall"),
+                    I("cabinet", nightstand, (0.4, 0.5), (0.38, 0.45), "wall", (1, 2)),
+                    I("cabinet", wardrobe, (1.0, 1.6), (0.55, 0.62), "wall"),
+                    I("desk", desk, (1.0, 1.3), (0.55, 0.7), "wall"), I("chair", chair, (0.42, 0.48), (0.42, 0.48), "free"),
+                    I("bookshelf", bookshelf, (0.6, 0.9), (0.28, 0.35), "wall", (0, 1)), misc],
+        "kitchen": [I("counter", kitchen_counter, (2.0, 3.0), (0.6, 0.65), "corner"),
+                    I("refrigerator", refrigerator, (0.6, 0.75), (0.65, 0.72), "wall"),
+                    I("cabinet", cabinet, (0.8, 1.2), (0.4, 0.5), "wall"),
+                    I("table", table, (1.0, 1.5), (0.8, 0.9), "free"), I("chair", chair, (0.42, 0.48), (0.42, 0.48), "free", (2, 4)), misc],
+    }[room_type]
+    walls = {  # windows, pictures, curtains on windows
+        "living": dict(windows=(1, 2), pictures=(2, 3), curtains=True),
+        "bathroom": dict(windows=(0, 1), pictures=(0, 1), curtains=False),
+        "studio": dict(windows=(1, 2), pictures=(1, 2), curtains=True),
+        "office": dict(windows=(2, 3), pictures=(1, 2), curtains=False),
+        "bedroom": dict(windows=(1, 2), pictures=(1, 3), curtains=True),
+        "kitchen": dict(windows=(1, 1), pictures=(0, 1), curtains=False),
+    }[room_type]
+    return furniture, walls
+
+
+class _Plan:
+    """Occupied floor rectangles and wall intervals, for rejection sampling."""
+
+    def __init__(self, sx: float, sy: float):
+        self.sx, self.sy = sx, sy
+        self.rects: list[tuple[float, float, float, float]] = []
+        self.wall_spans: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in range(4)}
+
+    def wall_length(self, wall: int) -> float:
+        return self.sx if wall in (0, 2) else self.sy
+
+    def wall_frame(self, wall: int, s: float, offset: float) -> tuple[float, float, float]:
+        """Object frame (x, y, yaw) at distance ``s`` along ``wall`` and ``offset`` into the room,
+        oriented so object +x runs along the wall and object -y faces into the room."""
+        if wall == 0:  # y = 0, room is +y
+            return s, offset, math.pi
+        if wall == 1:  # x = sx
+            return self.sx - offset, s, -math.pi / 2
+        if wall == 2:  # y = sy, s runs from x = sx towards x = 0 (as for wall-mounted items)
+            return self.sx - s, self.sy - offset, 0.0
+        return offset, self.sy - s, math.pi / 2  # x = 0, s runs from y = sy towards y = 0
+
+    def wall_item_frame(self, wall: int) -> tuple[float, float, float]:
+        """Frame for wall-mounted items: x along the wall, +y into the room."""
+        return {0: (0.0, 0.0, 0.0), 1: (self.sx, 0.0, math.pi / 2), 2: (self.sx, self.sy, math.pi),
+                3: (0.0, self.sy, -math.pi / 2)}[wall]
+
+    def free(self, rect, clearance: float) -> bool:
+        x0, y0, x1, y1 = rect
+        if x0 < 0.02 or y0 < 0.02 or x1 > self.sx - 0.02 or y1 > self.sy - 0.02:
+            return False
+        return all(x1 + clearance <= a or a1 + clearance <= x0 or y1 + clearance <= b or b1 + clearance <= y0
+                   for a, b, a1, b1 in self.rects)
+
+    def span_free(self, wall: int, s0: float, s1: float, z0: float, z1: float) -> bool:
+        if s0 < 0.0 or s1 > self.wall_length(wall):
+            return False
+        return all(s1 + 0.1 <= a or a1 + 0.1 <= s0 or z1 <= b or b1 <= z0 for a, b, a1, b1 in self.wall_spans[wall])
+
+
+def _footprint(x, y, yaw, w, d):
+    c, s = abs(math.cos(yaw)), abs(math.sin(yaw))
+    hx, hy = c * w / 2 + s * d / 2, s * w / 2 + c * d / 2
+    return (x - hx, y - hy, x + hx, y + hy)
+
+
+def generate_room(seed: int, room_type: str | None = None, size: tuple[float, float] | None = None,
+                  edge: float = 0.05) -> RoomMesh:
+    """Generate one furnished room, deterministic per ``(seed, room_type, size, edge)``.
+
+    ``room_type`` is one of :data:`ROOM_TYPES` (default: chosen by ``seed``); ``size`` (x, y) metres
+    (default: random 4-7 m, bathrooms 3.5-4.5 m); ``edge`` is the target mesh edge length.
+    """
+    rng = np.random.default_rng(seed)
+    room_type = room_type or ROOM_TYPES[seed % len(ROOM_TYPES)]
+    if room_type not in ROOM_TYPES:
+        raise ValueError(f"unknown room type {room_type!r}; use one of {ROOM_TYPES}")
+    lo, hi = (3.5, 4.5) if room_type == "bathroom" else (4.0, 7.0)
+    sx, sy = size or (round(float(rng.uniform(lo, hi)), 2), round(float(rng.uniform(lo, hi)), 2))
+    b = _Builder(rng, edge)
+    plan = _Plan(sx, sy)
+    objects: list[str] = []
+
+    # Floor (with a plank / tile pattern) and the four walls.
+    floor_c = _col(rng, FLOORS, 10)
+    tile = room_type in ("bathroom", "kitchen")
+    period = rng.uniform(0.15, 0.3) if not tile else rng.uniform(0.3, 0.5)
+
+    def floor_pattern(p):
+        if tile:
+            k = (np.floor(p[:, 0:1] / period) + np.floor(p[:, 1:2] / period)) % 2
+            return floor_c * (0.9 + 0.15 * k)
+        return floor_c * (0.9 + 0.1 * np.sin(np.floor(p[:, 0:1] / period) * 2.3))
+
+    b.quad((0, 0, 0), (sx, 0, 0), (0, sy, 0), floor_c, L["floor"], color_fn=floor_pattern)
+    wall_c = _col(rng, WALLS, 8)
+    for a, u in (((0, 0, 0), (sx, 0, 0)), ((sx, 0, 0), (0, sy, 0)), ((sx, sy, 0), (-sx, 0, 0)), ((0, sy, 0), (0, -sy, 0))):
+        b.quad(a, u, (0, 0, WALL_HEIGHT), wall_c, L["wall"], noise=4.0)
+    objects += ["floor", "wall"]
+
+    # Door first (its swing area stays free), then windows.
+    wall = int(rng.integers(4))
+    width = float(rng.uniform(0.8, 0.95))
+    s0 = float(rng.uniform(0.2, plan.wall_length(wall) - width - 0.2))
+    b.frame = plan.wall_item_frame(wall)
+    door(b, rng, s0, width)
+    plan.wall_spans[wall].append((s0 - 0.1, 0.0, s0 + width + 0.1, 2.2))
+    fx, fy, fyaw = plan.wall_frame(wall, s0 + width / 2, 0.45)
+    plan.rects.append(_footprint(fx, fy, fyaw, width + 0.2, 0.9))
+    objects.append("door")
+
+    furniture, wall_items = _catalogue(room_type)
+    n_win = int(rng.integers(wall_items["windows"][0], wall_items["windows"][1] + 1))
+    for _ in range(n_win):
+        for _attempt in range(30):
+            wall = int(rng.integers(4))
+            width, height = float(rng.uniform(0.8, 1.6)), float(rng.uniform(1.0, 1.4))
+            z0 = float(rng.uniform(0.8, 1.0))
+            s0 = float(rng.uniform(0.4, max(0.41, plan.wall_length(wall) - width - 0.4)))
+            margin = 0.25 if wall_items["curtains"] else 0.0
+            if plan.span_free(wall, s0 - margin, s0 + width + margin, 0.0, z0 + height + 0.1):
+                b.frame = plan.wall_item_frame(wall)
+                window(b, rng, s0, width, z0, height)
+                plan.wall_spans[wall].append((s0 - margin, z0, s0 + width + margin, z0 + height))
+                objects.append("window")
+                if wall_items["curtains"]:
+                    bottom = 0.02 if rng.random() < 0.6 else z0 - 0.1
+                    curtains(b, rng, s0, width, min(z0 + height + 0.15, WALL_HEIGHT - 0.1), bottom)
+                    objects.append("curtain")
+                    if bottom < 0.1:  # floor-length curtains take floor space
+                        fx, fy, fyaw = plan.wall_frame(wall, s0 + width / 2, 0.12)
+                        plan.rects.append(_footprint(fx, fy, fyaw, width + 0.4, 0.2))
+                break
+
+    # Furniture, big things first; a failed placement is dropped (the room is just emptier).
+    table_rects: list[tuple[float, float, float, float]] = []
+    for item in furniture:
+        n = int(rng.integers(item.count[0], item.count[1] + 1))
+        for _ in range(n):
+            w, d = float(rng.uniform(*item.w)), float(rng.uniform(*item.d))
+            placed = None
+            for _attempt in range(60):
+                if item.place in ("wall", "corner"):
+                    wall = int(rng.integers(4))
+                    length = plan.wall_length(wall)
+                    if length < w + 0.1:
+                        continue
+                    s = w / 2 + 0.03 if item.place == "corner" else float(rng.uniform(w / 2 + 0.03, length - w / 2 - 0.03))
+                    if item.place == "corner" and rng.random() < 0.5:
+                        s = length - w / 2 - 0.03
+                    x, y, yaw = plan.wall_frame(wall, s, d / 2 + 0.03)
+                    tall = item.fn in (bookshelf, wardrobe, refrigerator) or item.name == "cabinet"
+                    if tall and not plan.span_free(wall, s - w / 2, s + w / 2, 0.0, 2.1):
+                        continue
+                    if item.fn is kitchen_counter and not plan.span_free(wall, s - w / 2, s + w / 2, 0.0, 0.95):
+                        continue
+                elif item.name == "chair" and table_rects and rng.random() < 0.8:
+                    tx0, ty0, tx1, ty1 = table_rects[int(rng.integers(len(table_rects)))]
+                    side = int(rng.integers(4))  # chair pulled up to one side of a table, facing it
+                    cx, cy = (tx0 + tx1) / 2, (ty0 + ty1) / 2
+                    jit = float(rng.uniform(-0.25, 0.25))
+                    x, y, yaw = [(cx + jit * (tx1 - tx0), ty0 - d / 2 - 0.05, math.pi),
+                                 (tx1 + d / 2 + 0.05, cy + jit * (ty1 - ty0), -math.pi / 2),
+                                 (cx + jit * (tx1 - tx0), ty1 + d / 2 + 0.05, 0.0),
+                                 (tx0 - d / 2 - 0.05, cy + jit * (ty1 - ty0), math.pi / 2)][side]
+                    yaw += float(rng.normal(0, 0.15))
+                else:
+                    x, y = float(rng.uniform(0.6, sx - 0.6)), float(rng.uniform(0.6, sy - 0.6))
+                    yaw = float(rng.integers(4)) * math.pi / 2 + (float(rng.normal(0, 0.3)) if item.name == "chair" else 0.0)
+                rect = _footprint(x, y, yaw, w, d)
+                clearance = 0.02 if item.name == "chair" else 0.25 if item.place == "free" else 0.05
+                if plan.free(rect, clearance):
+                    placed = (x, y, yaw, (wall, s) if item.place in ("wall", "corner") else None)
+                    break
+            if placed is None:
+                continue
+            x, y, yaw, on_wall = placed
+            b.frame = (x, y, yaw)
+            item.fn(b, rng, w, d)
+            plan.rects.append(_footprint(x, y, yaw, w, d))
+            if item.name == "table":
+                table_rects.append(_footprint(x, y, yaw, w, d))
+            if on_wall is not None:
+                wall, s_c = on_wall
+                plan.wall_spans[wall].append((s_c - w / 2, 0.0, s_c + w / 2, 2.1 if item.fn in (bookshelf, wardrobe, refrigerator) else 1.0))
+            objects.append(item.name)
+            if item.fn is kitchen_counter:
+                objects += ["cabinet", "sink"]
+            if item.fn is vanity:
+                objects += ["cabinet", "sink"]
+            if item.fn is bathtub:
+                objects.append("shower curtain")
+
+    # Pictures in free wall spans above furniture.
+    n_pic = int(rng.integers(wall_items["pictures"][0], wall_items["pictures"][1] + 1))
+    for _ in range(n_pic):
+        for _attempt in range(30):
+            wall = int(rng.integers(4))
+            width, height = float(rng.uniform(0.35, 1.0)), float(rng.uniform(0.3, 0.8))
+            z0 = float(rng.uniform(1.2, 1.6))
+            s0 = float(rng.uniform(0.3, max(0.31, plan.wall_length(wall) - width - 0.3)))
+            if plan.span_free(wall, s0, s0 + width, z0 - 0.1, z0 + height + 0.1):
+                b.frame = plan.wall_item_frame(wall)
+                picture(b, rng, s0, width, z0, height)
+                plan.wall_spans[wall].append((s0, z0, s0 + width, z0 + height))
+                objects.append("picture")
+                break
+    return b.mesh(room_type, (sx, sy), objects)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded dataset (ScanNet export layout)
+
+TRAIN_TYPES = ("living", "bathroom", "studio")  # together: all 20 ScanNet classes
+VAL_TYPES = ("office", "bedroom", "kitchen")
+MANIFEST = "embedded.json"
+GENERATOR_VERSION = 1  # bump when room generation or rendering changes, so old builds are rebuilt
+
+
+def write_room(room: RoomMesh, scene_dir: str | Path, name: str, n_views: int, width: int, height: int,
+               seed: int, progress: bool = False):
+    """Write one room as a ScanNet export: mesh, NYU40 labels PLY and rendered frames."""
+    from sas3d.demo.render import render_views
+    from sas3d.scene.ply import write_ply
+
+    scene_dir = Path(scene_dir)
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    nyu = np.zeros(len(room.labels), dtype=np.uint16)  # 0 = unlabeled for ignore
+    valid = room.labels != IGNORE_LABEL
+    nyu[valid] = np.asarray(NYU40_TO_SCANNET20_IDS, dtype=np.uint16)[room.labels[valid]]
+    comment = f"sas3d procedural room ({room.room_type}), seed {seed}"
+    write_ply(scene_dir / f"{name}_vh_clean_2.ply", room.vertices, room.colors, room.faces, comment=comment)
+    write_ply(scene_dir / f"{name}_vh_clean_2.labels.ply", room.vertices, room.colors, room.faces,
+              vertex_props={"label": nyu}, comment=comment)
+    return render_views(room.vertices, room.faces, room.colors, room.labels, scene_dir, n_views, width, height,
+                        seed=seed, progress=progress)
+
+
+def build_embedded_dataset(out_dir: str | Path, n_train: int = 3, n_val: int = 1, n_views: int = 30,
+                           width: int = 320, height: int = 240, seed: int = 0, force: bool = False,
+                           progress: bool = True) -> dict[str, list[Path]]:
+    """Generate the embedded default dataset under ``out_dir``: ``train/`` and ``val/`` scene dirs.
+
+    Room types cycle through :data:`TRAIN_TYPES` for training and :data:`VAL_TYPES` for validation.
+    Frames are numbered 0, 20, 40, ... so ``load_scene`` with its default ``frame_stride=20`` reads
+    all ``n_views``. An existing build with the same parameters (``embedded.json``) is reused;
+    otherwise everything is built in a temporary folder and renamed into place.
+    Returns ``dict(train=[scene dirs], val=[scene dirs])``.
+    """
+    from tqdm import tqdm
+
+    from sas3d.utils.atomic import write_json_atomic
+
+    out_dir = Path(out_dir)
+    params = dict(version=GENERATOR_VERSION, n_train=n_train, n_val=n_val, n_views=n_views, width=width,
+                  height=height, seed=seed)
+    specs = [("train", f"scene{9000 + i:04d}_00", TRAIN_TYPES[i % len(TRAIN_TYPES)], seed * 1000 + i) for i in range(n_train)]
+    specs += [("val", f"scene{9500 + i:04d}_00", VAL_TYPES[i % len(VAL_TYPES)], seed * 1000 + 500 + i) for i in range(n_val)]
+    result = {"train": [out_dir / s / n for s, n, _, _ in specs if s == "train"],
+              "val": [out_dir / s / n for s, n, _, _ in specs if s == "val"]}
+    manifest = out_dir / MANIFEST
+    if not force and manifest.is_file():
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("params") == params and all(p.is_dir() for ps in result.values() for p in ps):
+            return result
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        rooms = []
+        for split, name, room_type, room_seed in tqdm(specs, desc="embedded rooms", unit="room", disable=not progress):
+            room = generate_room(room_seed, room_type)
+            report = write_room(room, tmp / split / name, name, n_views, width, height, room_seed)
+            rooms.append(dict(split=split, name=name, room_type=room_type, seed=room_seed, size=room.size,
+                              vertices=len(room.vertices), faces=len(room.faces), objects=sorted(set(room.objects)),
+                              coverage=round(report.coverage, 4)))
+        write_json_atomic(tmp / MANIFEST, dict(params=params, rooms=rooms, note="procedurally generated rooms (sas3d.demo.rooms)"))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
