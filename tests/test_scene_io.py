@@ -252,8 +252,8 @@ def test_scannet_with_frames(tmp_path):
     root = make_scannet(tmp_path / "sceneX_00", frame_ids=(0, 5, 10, 100, 20), labels_for=(10,))
     assert detect_layout(root) == "scannet"
     s = load_scene(root, frame_stride=2)
-    # numeric order 0,5,10,20,100 -> every 2nd: 0,10,100
-    assert [f.stem for f in s.frames] == ["0", "10", "100"]
+    # frames whose number is a multiple of the stride, in numeric order (5 is dropped)
+    assert [f.stem for f in s.frames] == ["0", "10", "20", "100"]
     f = s.frames[1]
     assert (f.width, f.height) == (8, 6)  # depth resolution, colour is 16x12
     np.testing.assert_allclose(f.intrinsics, K_TINY)
@@ -262,7 +262,7 @@ def test_scannet_with_frames(tmp_path):
     np.testing.assert_allclose(read_depth(f), 1.5)
     assert read_color(f.color_path).shape == (12, 16, 3)
     np.testing.assert_array_equal(s.labels, [0, 4, IGNORE_LABEL, 19])
-    assert len(load_scene(root).frames) == 1  # default stride 20 keeps only the first frame
+    assert [f.stem for f in load_scene(root).frames] == ["0", "20", "100"]  # default stride 20
     assert load_scene(root, labels=False).labels is None
 
 

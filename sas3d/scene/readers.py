@@ -106,6 +106,19 @@ def _stride(frames: list, stride: int | None, default: int) -> list:
     return frames[::step]
 
 
+def _stride_by_number(frames: list[Path], stride: int | None, default: int) -> list[Path]:
+    """Keep frames whose number is a multiple of the stride (OpenScene: every 20th ScanNet frame).
+
+    Selecting by frame number rather than list position gives the same frames on a full export and
+    keeps every frame of an export already thinned to 0, 20, 40, ... (what render-views writes).
+    """
+    step = default if stride is None else int(stride)
+    if step < 1:
+        raise ConfigError(f"frame_stride must be >= 1, got {step}")
+    kept = [f for f in frames if _numeric_key(f)[0] % step == 0]
+    return kept
+
+
 def _numeric_key(p: Path) -> tuple:
     m = re.search(r"\d+", p.stem)
     return (int(m.group()) if m else float("inf"), p.name)
@@ -226,7 +239,7 @@ def _load_scannet(folder: Path, frame_stride: int | None, labels: bool, skip_inv
 
     color_dir = folder / "color"
     colors = sorted(color_dir.glob("*.jpg"), key=_numeric_key) if color_dir.is_dir() else []
-    colors = _stride(colors, frame_stride, SCANNET_FRAME_STRIDE)
+    colors = _stride_by_number(colors, frame_stride, SCANNET_FRAME_STRIDE)
     if not colors:
         return scene
     intr_path = folder / "intrinsic" / "intrinsic_depth.txt"
