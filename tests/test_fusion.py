@@ -12,7 +12,7 @@ from PIL import Image
 from sas3d.errors import InputError
 from sas3d.fusion.features import PointFeatures
 from sas3d.fusion.multiview import FusionConfig, fuse_maps, fuse_teacher, map_rows
-from sas3d.geometry.projection import ProjectionConfig
+from sas3d.geometry.projection import ProjectionConfig, project_points
 from sas3d.scene.types import Frame, Scene
 from sas3d.teachers.base import Teacher
 from sas3d.teachers.precomputed import PrecomputedTeacher
@@ -268,3 +268,64 @@ def test_torch_path_matches_numba_kernel(device):
     out = fuse_maps(scene, zip(frames, maps), cfg, device=device, progress=False)
     assert ref.seen.sum() > 100 and torch.equal(out.seen, ref.seen)
     torch.testing.assert_close(out.features.float(), ref.features.float(), atol=1e-3, rtol=0)
+
+
+def random_view(rng: np.random.Generator, n: int = 600):
+    """A random pose, a depth map with holes, and points near / off its surface, partly outside the image."""
+    from tests.test_projection import H as PH, K as PK, W as PW, look_pose, scene_for
+
+    pose = look_pose(rng)
+    points, depth = scene_for(pose, rng, n)
+    return Frame(Path("r.jpg"), PK, pose, PW, PH), points, depth
+
+
+@pytest.mark.parametrize("use_depth", [True, False])
+@pytest.mark.parametrize("margin", [0, 3])
+def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
+    """The numba CPU kernel (projection + lookup + add in one pass) gives exactly the counts and
+    float32 sums of project_points + map_rows + index_add (the torch path), maps of several sizes."""
+    from sas3d.fusion.multiview import _Accumulator
+
+    rng = np.random.default_rng(7 + margin)
+    views = [random_view(rng) for _ in range(3)]
+    # Points whose pixel coordinates are exactly k + 0.5 in the tie frame (fx = fy = 4, z = 1; all
+    # values dyadic, so exact): both paths must round half to even.
+    tie_k = np.array([[4.0, 0, 32.0], [0, 4.0, 24.0], [0, 0, 1]])
+    tie_uv = [(4, 4), (5, 7), (20, 9), (62, 46)]
+    ties = np.array([[(u + 0.5 - 32.0) / 4, (v + 0.5 - 24.0) / 4, 1.0] for u, v in tie_uv], np.float32)
+    tie_depth = np.ones((48, 64), np.float32)
+    tie_frame = Frame(Path("t.jpg"), tie_k, np.eye(4), 64, 48)
+    _, tie_pixels = project_points(torch.from_numpy(ties), tie_frame, None, ProjectionConfig(border_margin=0))
+    assert tie_pixels.tolist() == [4 * 64 + 4, 8 * 64 + 6, 10 * 64 + 20, 46 * 64 + 62]
+    points = np.concatenate([v[1] for v in views] + [ties])
+    cfg = ProjectionConfig(border_margin=margin, depth_threshold=0.25, use_depth=use_depth)
+    accs = [_Accumulator(points, torch.device("cpu"), FusionConfig(cfg, chunk_size=64, cpu_kernel=k)) for k in ("numba", "torch")]
+    frames = [(f, d) for f, _, d in views] + [(tie_frame, tie_depth)]
+    for i, (frame, depth) in enumerate(frames):
+        for h, w in [(48, 64), (5, 7), (17, 33), (96, 128)]:
+            fmap = torch.from_numpy(rng.normal(size=(h, w, 6)).astype(np.float32))
+            for acc in accs:
+                acc.add_frame(frame, depth if use_depth else None, fmap)
+    numba_acc, torch_acc = accs
+    assert torch.equal(numba_acc.count, torch_acc.count)
+    assert torch.equal(numba_acc.sum, torch_acc.sum)  # same float32 additions in the same order
+    assert (numba_acc.count > 0).sum() > 300 and (numba_acc.count == 0).sum() > 100  # both outcomes exercised
+    assert numba_acc.count[-4:-1].min() >= 4  # tie points inside the margin are seen (tie frame, every map size)
+    assert torch.equal(numba_acc.mean(), torch_acc.mean())
+
+
+def test_non_finite_or_fp16_overflow_is_an_input_error():
+    scene = tiny_scene()
+    for bad in (np.nan, 1e6):  # 1e6: the mean over two views is beyond float16
+        fmap = map_a()
+        fmap[2, 3, 0] = bad  # the cell P1 and P2 read in frame A
+        with pytest.raises(InputError, match="NaN or inf"):
+            fuse_maps(scene, zip(scene.frames, [fmap, map_b()]), NO_MARGIN, progress=False)
+
+
+def test_error_in_background_kernel_reaches_the_caller():
+    """A bad frame found by the CPU kernel (run in fuse_maps' background thread) raises in the caller."""
+    scene = tiny_scene()
+    bad = Frame(Path("bad.jpg"), np.eye(2), np.eye(4), W, H)
+    with pytest.raises(InputError, match="intrinsics must be 3x3"):
+        fuse_maps(scene, zip([scene.frames[0], bad, scene.frames[1]], [map_a(), map_a(), map_b()]), NO_MARGIN, progress=False)

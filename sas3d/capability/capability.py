@@ -116,6 +116,12 @@ class Capability:
             rows.append(self.scores[self.teachers.index(t)])
         return np.stack(rows)
 
+    def scores_for(self, teachers: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+        """(T, K) scores of ``teachers`` on ``classes``, in those orders; a class the file does not score gets 0."""
+        rows = self.select(teachers)
+        columns = [rows[:, self.classes.index(c)] if c in self.classes else np.zeros(len(rows)) for c in classes]
+        return np.stack(columns, axis=1)
+
     def class_text(self, text_encoder: TextEncoder) -> torch.Tensor:
         """(K, C) text features of the capability vocabulary, encoded as the fusion prompts them."""
         return text_encoder.encode([prompt_for(c) for c in self.classes])

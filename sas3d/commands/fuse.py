@@ -140,20 +140,15 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
     scores = None
     if capability is not None and fusion == "guided":
         names = [getattr(t, "name", "") for t in teachers]
-        if all(n in capability.teachers for n in names):
-            rows = [capability.teachers.index(n) for n in names]
-        elif len(capability.teachers) == len(teachers):
+        if not all(n in capability.teachers for n in names):
+            if len(capability.teachers) != len(teachers):
+                raise ConfigError(f"capability file scores teachers {capability.teachers}, cannot match {names}")
             print(f"note: teachers {names} not all named in the capability file {capability.teachers}; using its rows in order")
-            rows = list(range(len(teachers)))
-        else:
-            raise ConfigError(f"capability file scores teachers {capability.teachers}, cannot match {names}")
-        cap_scores = np.asarray(capability.scores, dtype=np.float32)[rows]
+            names = list(capability.teachers)
         missing = [c for c in classes if c not in capability.classes]
         if missing:
             print(f"note: capability has no score for {missing}; they get 0")
-        columns = [cap_scores[:, capability.classes.index(c)] if c in capability.classes else np.zeros(len(rows), np.float32)
-                   for c in classes]
-        scores = torch.from_numpy(np.stack(columns, axis=1))
+        scores = torch.from_numpy(capability.scores_for(names, classes).astype(np.float32))
     return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
                          capability_source=str(args.capability) if args.capability else None)
 

@@ -6,6 +6,11 @@ pixel (``torch.round``: half to even, as ``np.round`` in the reference code), a 
 and -- where the frame has depth -- a relative occlusion test ``|depth(u,v) - z| <= t * depth(u,v)``
 that only passes where ``depth(u,v) > 0`` (invalid depth = not seen). Frames without depth
 (nuScenes) only need ``z > 0`` and the pixel inside the image (minus the margin).
+
+Camera coordinates are computed element-wise in a fixed order, ``((r0 x + r1 y) + r2 z) + t``,
+each step rounded in float64 (no matrix product, whose summation order and FMA use depend on the
+BLAS): any other implementation that evaluates the same expressions in the same order -- the CPU
+kernel of :mod:`sas3d.fusion.multiview` -- gets bit-identical pixels and depth-test outcomes.
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ def world_to_camera(frame: Frame) -> np.ndarray:
     return np.linalg.inv(pose)
 
 
+def pinhole(frame: Frame) -> tuple[float, float, float, float]:
+    """``(fx, fy, cx, cy)`` of ``frame.intrinsics`` (checked to be 3x3)."""
+    k = np.asarray(frame.intrinsics, dtype=np.float64)
+    if k.shape != (3, 3):
+        raise InputError(frame.color_path, f"intrinsics must be 3x3, got shape {k.shape}")
+    return float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])
+
+
+def check_depth_shape(depth_shape: tuple[int, ...], frame: Frame) -> None:
+    """Raise InputError unless a depth map of ``depth_shape`` matches the frame's (height, width)."""
+    if tuple(depth_shape) != (int(frame.height), int(frame.width)):
+        raise InputError(frame.depth_path, f"depth is {tuple(depth_shape)}, frame says {(frame.height, frame.width)}")
+
+
 def project_points(
     points: torch.Tensor,
     frame: Frame,
@@ -74,31 +93,29 @@ def project_points(
     cfg = cfg or ProjectionConfig()
     device = points.device
     width, height, margin = int(frame.width), int(frame.height), int(cfg.border_margin)
-    k = np.asarray(frame.intrinsics, dtype=np.float64)
-    if k.shape != (3, 3):
-        raise InputError(frame.color_path, f"intrinsics must be 3x3, got shape {k.shape}")
-    w2c = torch.as_tensor(world_to_camera(frame), dtype=torch.float64, device=device)
+    fx, fy, cx, cy = pinhole(frame)
+    w2c = world_to_camera(frame).tolist()  # Python floats: scalar operands, exact float64
 
-    # Camera coordinates of every point: R p + t.
-    cam = torch.addmm(w2c[:3, 3], points.to(torch.float64), w2c[:3, :3].T)
-    z = cam[:, 2]
+    # Camera coordinates R p + t, element-wise in the module's fixed order (see the docstring).
+    pts = points.to(torch.float64)
+    px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
+    x, y, z = (px * r[0] + py * r[1] + pz * r[2] + r[3] for r in w2c[:3])
     front = z > 0
     # Guard the division: points at or behind the camera get z = 1 and are dropped by `front` anyway.
     z_safe = torch.where(front, z, torch.ones_like(z))
-    u = torch.round(cam[:, 0] * k[0, 0] / z_safe + k[0, 2])
-    v = torch.round(cam[:, 1] * k[1, 1] / z_safe + k[1, 2])
+    u = torch.round(x * fx / z_safe + cx)
+    v = torch.round(y * fy / z_safe + cy)
     keep = front & (u >= margin) & (v >= margin) & (u < width - margin) & (v < height - margin)
 
     point_idx = torch.nonzero(keep).squeeze(1)
     pixel_idx = v[point_idx].long() * width + u[point_idx].long()
 
     if depth is not None and cfg.use_depth:
-        if tuple(depth.shape) != (height, width):
-            raise InputError(frame.depth_path, f"depth is {tuple(depth.shape)}, frame says {(height, width)}")
+        check_depth_shape(tuple(depth.shape), frame)
         d = depth.to(device=device).reshape(-1)[pixel_idx].to(torch.float64)
         visible = (d > 0) & ((d - z[point_idx]).abs() <= cfg.depth_threshold * d)
         point_idx, pixel_idx = point_idx[visible], pixel_idx[visible]
     return point_idx, pixel_idx
 
 
-__all__ = ["ProjectionConfig", "projection_config_for", "project_points", "world_to_camera"]
+__all__ = ["ProjectionConfig", "check_depth_shape", "pinhole", "projection_config_for", "project_points", "world_to_camera"]
