@@ -62,6 +62,7 @@ class ScheduleConfig:
     epochs: int = 100  # SAS / GGSD / OpenScene
     stage1_fraction: float = 0.7  # SAS / GGSD: 70 distillation epochs, then 30 with self-distillation
     val_every: int = 1  # validate every N epochs (and after the last) when validation scenes are given
+    keep_checkpoints: int = 0  # per-epoch checkpoints to keep, newest first; 0 keeps all (last.safetensors always)
 
 
 @dataclass

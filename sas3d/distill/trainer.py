@@ -250,6 +250,10 @@ class Trainer:
             save_checkpoint(path, self.model, self._checkpoint_metadata(updates), optimizer=self.optimizer, extra=extra)
             with atomic_path(self.out / "last.safetensors") as tmp:
                 shutil.copyfile(path, tmp)
+            keep = self.cfg.schedule.keep_checkpoints
+            if keep > 0:
+                for old in sorted(path.parent.glob("epoch_*.safetensors"))[:-keep]:
+                    old.unlink()
             # older history snapshots are no longer referenced by last.safetensors
             for old in (self.out / "tesd").glob("epoch_*") if self.history is not None else []:
                 if old.name != f"epoch_{self.epoch:04d}":
