@@ -27,6 +27,7 @@ Re-running reuses the generated rooms, the teacher cache and finished training r
 DEMO_EPOCHS = 40
 DEMO_IMAGES_PER_CLASS = 20
 DEMO_VOXEL = 0.05
+DEMO_LR, DEMO_FINAL_LR = 3e-3, 3e-4  # few, short epochs need a larger step than the paper's 1e-4 -> 1e-5
 DEMO_PLANES = [8, 16, 32, 64, 32, 32, 24, 24]  # a quarter of MinkUNet18A's (32, 64, 128, 256, 128, 128, 96, 96)
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress)
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL,
-        lr=3e-3, final_lr=3e-4,  # few, short epochs need a larger step than the paper's 1e-4
+        lr=DEMO_LR, final_lr=DEMO_FINAL_LR,
         batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
         ggsd=args.ggsd, seed=args.seed, progress=not args.no_progress,
         queries=["a chair", "something to sit on", "a place to store books", "a door", "a window"],

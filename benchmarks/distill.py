@@ -1,0 +1,331 @@
+"""Benchmark: SAS distillation on the embedded default scenes (SAS Table 3 ablation) plus cost figures.
+
+Teachers are SIMULATED (sas3d/configs/teachers_simulated.yaml): the mIoU numbers show the
+pipeline and its orderings working, not what real LSeg / SEEM would score.
+
+1. Ablation. Builds the embedded procedural rooms (``--rooms`` training rooms + 1 held-out room,
+   ``--views`` rendered views each) and runs the whole pipeline (``sas3d.demo.pipeline.run_pipeline``,
+   GGSD row included) at the demo scale of ``sas3d demo`` (its ``DEMO_*`` constants). Prints the
+   ablation table on the held-out room and checks the SAS orderings, each as a ratio against the
+   row it must beat in the same run (e.g. "+TESD / guided 2D: 1.12x"). Target: every SAS stage
+   improves on the one before and the distilled student beats its fused 2D teacher.
+2. Training throughput (voxels per second) of one training step (forward + backward + Adam step,
+   every voxel of one embedded training room supervised by a cosine loss) for the demo-width and
+   the full-width MinkUNet18A, at 5 cm and 2 cm voxels; peak memory of each (growth of the
+   process peak RSS over the RSS just before the model is built, and on CUDA
+   ``torch.cuda.max_memory_allocated``).
+3. Inference time per scene for a ~``--infer-points`` point generated room (mesh edge chosen to
+   reach that vertex count) with ``predict_point_features``, both widths, on CPU (and CUDA when
+   available). Reference, measured in the same run: multi-view fusion (``fuse_maps``) of one
+   teacher's pre-generated ``--dim``-channel maps over the same scene's ``--views`` rendered views,
+   i.e. the per-scene 2D work (teacher inference not counted) that the 3D student replaces at test
+   time. A ratio < 1 means the student is cheaper than fusion alone. Note the fusion kernel uses
+   all cores (numba) while the student runs on one CPU thread, so on CPU the ratio favours fusion.
+
+Each cost measurement runs in its own subprocess so its peak memory is its own. CPU sparse
+convolution runs on one thread (``cpu_single_thread``), as the trainer does.
+
+    .venv/bin/python benchmarks/distill.py [--rooms 3] [--views 30] [--epochs N] [--out runs/bench_distill]
+    .venv/bin/python benchmarks/distill.py --epochs 4          # quick check
+    .venv/bin/python benchmarks/distill.py --skip-pipeline     # cost figures only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sas3d.commands.demo import (  # noqa: E402
+    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
+
+WIDTHS = {"demo": {"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]}, "full": {}}  # full = MinkUNet18A defaults
+PAPER_VOXEL = 0.02  # SAS / OpenScene indoor
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _text_dim(spec: str) -> int:
+    from sas3d.text.encoders import build_text_encoder
+
+    return int(build_text_encoder(spec).dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers (one measurement per subprocess)
+
+
+def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int, device: str) -> dict:
+    """Time ``steps`` training steps (after one warm-up step) on one room."""
+    import torch
+
+    from sas3d import load_scene
+    from sas3d.distill.losses import cosine_loss
+    from sas3d.geometry.voxel import batch_coords, voxelize
+    from sas3d.models.registry import build_model
+    from sas3d.models.spconv_compat import cpu_single_thread, ensure_spconv_cpu_backward
+
+    ensure_spconv_cpu_backward()
+    points = load_scene(scene_dir, labels=False).points
+    vox = voxelize(points, voxel)
+    coords = torch.from_numpy(batch_coords([vox.coords])).to(device)
+    feats = torch.ones((len(coords), 1), device=device)
+    gen = torch.Generator().manual_seed(0)
+    target = torch.nn.functional.normalize(torch.randn(len(coords), dim, generator=gen), dim=1).to(device)
+    rss0 = _rss_mb()
+    torch.manual_seed(0)
+    model = build_model("minkunet18a", in_channels=1, out_channels=dim, **WIDTHS[width]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        loss = cosine_loss(model(feats, coords, 1), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    times = []
+    with cpu_single_thread(device == "cpu"):
+        for i in range(steps + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first step (allocations, spconv rule caches) is a warm-up
+                times.append(time.perf_counter() - t)
+    sec = float(np.median(times))
+    return {"voxels": vox.num_voxels, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "s_per_step": sec, "voxels_per_s": vox.num_voxels / sec,
+            "peak_rss_growth_mb": _peak_rss_mb() - rss0,
+            "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+
+
+def worker_infer(scene_dir: str, width: str, voxel: float, repeats: int, dim: int, device: str) -> dict:
+    """Time ``predict_point_features`` on the whole scene (best of ``repeats`` after a warm-up)."""
+    import torch
+
+    from sas3d import load_scene
+    from sas3d.geometry.voxel import voxelize
+    from sas3d.models.inference import predict_point_features
+    from sas3d.models.registry import build_model
+
+    points = load_scene(scene_dir, labels=False).points
+    t = time.perf_counter()
+    vox = voxelize(points, voxel)
+    voxelize_s = time.perf_counter() - t
+    rss0 = _rss_mb()
+    torch.manual_seed(0)
+    model = build_model("minkunet18a", in_channels=1, out_channels=dim, **WIDTHS[width]).to(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = predict_point_features(model, points, voxel, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t)
+    assert out.shape == (len(points), dim)
+    return {"points": len(points), "voxels": vox.num_voxels, "voxelize_ms": 1000 * voxelize_s,
+            "ms": 1000 * min(times), "peak_rss_growth_mb": _peak_rss_mb() - rss0,
+            "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+
+
+def worker_fuse(scene_dir: str, dim: int, repeats: int) -> dict:
+    """Reference: fuse pre-generated random ``dim``-channel maps over all views of the scene (CPU)."""
+    from sas3d import load_scene
+    from sas3d.fusion.multiview import fuse_maps
+
+    scene = load_scene(scene_dir, labels=False)
+    frames = scene.frames
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal((frames[0].height, frames[0].width, dim), dtype=np.float32) for _ in range(2)]
+    times = []
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        pf = fuse_maps(scene, ((f, pool[k % 2]) for k, f in enumerate(frames)), progress=False, total=len(frames))
+        if i:
+            times.append(time.perf_counter() - t)
+    return {"points": len(scene.points), "views": len(frames), "seen": float(np.asarray(pf.seen, dtype=np.float64).mean()), "ms": 1000 * min(times)}
+
+
+WORKERS = {"train": worker_train, "infer": worker_infer, "fuse": worker_fuse}
+
+
+def run_worker(kind: str, **kw) -> dict | None:
+    """Run one measurement in a fresh subprocess; returns its JSON result (None on failure)."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kw})]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  ({kind} {kw} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Main benchmark
+
+
+def ablation(args: argparse.Namespace, data: dict) -> None:
+    from sas3d.demo.pipeline import PipelineConfig, run_pipeline
+    from sas3d.demo.report import format_table, sas_ordering
+
+    cfg = PipelineConfig(
+        images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
+        final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS["demo"], ggsd=True, seed=args.seed,
+        progress=not args.no_progress)
+    start = time.perf_counter()
+    report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
+    elapsed = time.perf_counter() - start
+    title = (f"benchmarks/distill.py: {len(data['train'])} embedded training rooms, held-out room "
+             f"{data['val'][0].name}, {args.epochs} epochs (SIMULATED teachers)")
+    print()
+    print(format_table(report, title))
+    miou = {r.key: r.miou for r in report.rows}
+    teachers = [r for r in report.rows if r.key.startswith("teacher:")]
+    best_teacher = max(teachers, key=lambda r: r.miou)
+    # (name, numerator row, denominator row): each SAS step against the row it must beat
+    comparisons = [
+        (f"guided 2D / best single teacher ({best_teacher.label})", "fusion:guided", best_teacher.key),
+        ("guided 2D / add 2D", "fusion:guided", "fusion:add"),
+        ("guided 2D / linear 2D", "fusion:guided", "fusion:linear"),
+        ("pixel-point 3D / guided 2D", "distill:pixel_point", "fusion:guided"),
+        ("+superpoint / pixel-point", "distill:superpoint", "distill:pixel_point"),
+        ("+TESD / +superpoint", "distill:tesd", "distill:superpoint"),
+        ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),
+        ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
+        ("GGSD / guided 2D", "distill:ggsd", "fusion:guided"),
+    ]
+    print("\nSAS orderings (mIoU ratio against the row to beat, same run; > 1.00x = holds):")
+    for name, num, den in comparisons:
+        if num in miou and den in miou and miou[den] > 0:
+            ratio = miou[num] / miou[den]
+            print(f"  [{'ok' if ratio > 1 else 'NO'}] {name}: {ratio:.2f}x")
+    checks = sas_ordering(report)
+    print(f"  sas_ordering(): {sum(checks.values())}/{len(checks)} hold"
+          + ("" if all(checks.values()) else "; failing: " + ", ".join(k for k, ok in checks.items() if not ok)))
+    print("\nwall-clock per stage (s):")
+    for name, sec in report.timings.items():
+        print(f"  {name:<45}{sec:8.1f}")
+    print(f"  {'total':<45}{elapsed:8.1f}")
+
+
+def big_scene(out: Path, target: int, views: int, seed: int) -> Path:
+    """A generated room whose mesh has >= ``target`` vertices, written with rendered views (cached)."""
+    from sas3d.demo.rooms import generate_room, write_room
+
+    scene_dir = out / "perf_scene" / f"scene9900_{target}"
+    if (scene_dir / "pose").is_dir():
+        return scene_dir
+    for edge in np.arange(0.05, 0.015, -0.0025):  # finer mesh edges -> more vertices
+        room = generate_room(seed + 900, "office", edge=float(edge))
+        if len(room.vertices) >= target:
+            break
+    write_room(room, scene_dir, scene_dir.name, views, 320, 240, seed + 900)
+    return scene_dir
+
+
+def costs(args: argparse.Namespace, data: dict) -> None:
+    import torch
+
+    dim = _text_dim("minilm")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    room = data["train"][0]
+    print(f"\nTraining throughput: one step = forward + backward + Adam on every voxel of {room.name} "
+          f"(median of {args.steps} steps after a warm-up; CPU on 1 thread as the trainer; {dim}-d targets)")
+    print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'params M':>9}{'s/step':>9}{'voxels/s':>10}"
+          f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
+    for device in devices:
+        for width in WIDTHS:
+            for voxel in (DEMO_VOXEL, PAPER_VOXEL):
+                r = run_worker("train", scene_dir=str(room), width=width, voxel=voxel, steps=args.steps, dim=dim, device=device)
+                if r:
+                    cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
+                    print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['params_m']:>9.2f}"
+                          f"{r['s_per_step']:>9.2f}{r['voxels_per_s']:>10.0f}{r['peak_rss_growth_mb']:>13.0f}{cuda:>9}", flush=True)
+
+    scene = big_scene(args.out, args.infer_points, args.views, args.seed)
+    ref = run_worker("fuse", scene_dir=str(scene), dim=dim, repeats=args.repeats)
+    print(f"\nInference per scene: generated room {scene.name}"
+          + (f", {ref['points']} points, {ref['views']} views 320x240" if ref else ""))
+    if ref:
+        print(f"  reference: multi-view fusion of one {dim}-d teacher over all views (fuse_maps, CPU, maps "
+              f"pre-generated, teacher inference not counted): {ref['ms']:.0f} ms")
+    print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'voxelise ms':>12}{'ms/scene':>10}{'/ fusion':>9}"
+          f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
+    for device in devices:
+        for width in WIDTHS:
+            for voxel in (DEMO_VOXEL, PAPER_VOXEL):
+                r = run_worker("infer", scene_dir=str(scene), width=width, voxel=voxel, repeats=args.repeats, dim=dim, device=device)
+                if r:
+                    ratio = f"{r['ms'] / ref['ms']:.2f}x" if ref else "n/a"
+                    cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
+                    print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['voxelize_ms']:>12.0f}"
+                          f"{r['ms']:>10.0f}{ratio:>9}{r['peak_rss_growth_mb']:>13.0f}{cuda:>9}", flush=True)
+    if not torch.cuda.is_available():
+        print("  (no CUDA device: CPU only)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=3, help="embedded training rooms (default 3)")
+    parser.add_argument("--views", type=int, default=30, help="rendered views per room (default 30)")
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"distillation epochs (default {DEMO_EPOCHS}, as sas3d demo)")
+    parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_distill"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (default 3)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed inference / fusion repeats (default 2)")
+    parser.add_argument("--infer-points", type=int, default=150_000, help="points of the inference scene (default 150000)")
+    parser.add_argument("--skip-pipeline", action="store_true", help="only the throughput / memory / inference figures")
+    parser.add_argument("--skip-costs", action="store_true", help="only the ablation")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(WORKERS[spec.pop("kind")](**spec)))
+        return 0
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    from sas3d.demo.rooms import build_embedded_dataset
+
+    print("benchmarks/distill.py: 2D teachers are SIMULATED from ground-truth renders (not real LSeg/SEEM results)")
+    data = build_embedded_dataset(args.out / "data", n_train=args.rooms, n_val=1, n_views=args.views, seed=args.seed,
+                                  progress=not args.no_progress)
+    if not args.skip_pipeline:
+        ablation(args, data)
+    if not args.skip_costs:
+        costs(args, data)
+    print(f"\npeak RSS of the main process: {_peak_rss_mb():.0f} MB (SIMULATED teachers)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
