@@ -157,7 +157,7 @@ class Trainer:
         mine = self.all_scenes[self.dist.rank :: self.dist.world_size]
         from tqdm import tqdm
 
-        bar = tqdm(mine, desc="loading scenes", disable=not self.dist.is_main, leave=False)
+        bar = tqdm(mine, desc="loading scenes", leave=False, **self._bar_options())
         self.scenes = [load_scene_data(s, self.fused_dir, cfg.data, cache) for s in bar]
         teachers = sorted({t for s in self.scenes for t in s.teachers})
         names = [s.name for s in self.scenes]
@@ -352,6 +352,10 @@ class Trainer:
         # pad by wrapping so every rank runs the same number of steps (as DistributedSampler does)
         return [order[i % len(order)] for i in range(self.scenes_per_rank)]
 
+    def _bar_options(self) -> dict[str, bool]:
+        # Only rank 0 draws bars; there, leave `disable` unset so TQDM_DISABLE (sas3d demo --no-progress) applies.
+        return {} if self.dist.is_main else {"disable": True}
+
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch; returns its metrics row (validation added by :meth:`fit`)."""
         from tqdm import tqdm
@@ -365,7 +369,7 @@ class Trainer:
         t0 = time.time()
         lr = cfg.optim.lr
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.schedule.epochs} (stage {stage})",
-                   disable=not self.dist.is_main, leave=False)
+                   leave=False, **self._bar_options())
         for step in bar:
             lr = lr_at(cfg, epoch, step, self.steps_per_epoch)
             for group in self.optimizer.param_groups:
