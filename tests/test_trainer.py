@@ -112,7 +112,7 @@ def test_resume_after_kill_matches_uninterrupted(dataset, tmp_path, recipe):
 def test_seed_determinism_and_stage_switch(dataset, tmp_path):
     cfg = _cfg(dataset, "sas", epochs=4, extra=["seed=3"])  # round(4 * 0.7) = 3 stage-1 epochs
     r1 = _train(dataset, tmp_path / "r1", cfg, val_scenes=dataset["scenes"][:1])
-    r2 = _train(dataset, tmp_path / "r2", cfg, val_scenes=dataset["scenes"][:1])
+    _train(dataset, tmp_path / "r2", cfg, val_scenes=dataset["scenes"][:1])
     w1, w2 = _weights(tmp_path / "r1" / "last.safetensors"), _weights(tmp_path / "r2" / "last.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     other = _train(dataset, tmp_path / "r3", _cfg(dataset, "sas", epochs=1, extra=["seed=4"]))

@@ -115,7 +115,7 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
                  cfg: PipelineConfig | None = None, log: Callable[[str], None] = print) -> PipelineReport:
     """Run every SAS stage; distil on ``train_dirs`` and evaluate on ``eval_dirs`` (which may overlap)."""
     from sas3d import load_scene
-    from sas3d.capability import Capability, ProceduralGenerator, compute_capability
+    from sas3d.capability import ProceduralGenerator, compute_capability
     from sas3d.capability.capability import plot_capability
     from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
     from sas3d.fusion.multiview import fuse_teacher
