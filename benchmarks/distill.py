@@ -194,7 +194,7 @@ def run_worker(kind: str, **kw) -> dict | None:
 
 def ablation(args: argparse.Namespace, data: dict) -> None:
     from sas3d.demo.pipeline import PipelineConfig, run_pipeline
-    from sas3d.demo.report import format_table, sas_ordering
+    from sas3d.demo.report import format_ratios, format_table, sas_ordering
 
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
@@ -207,7 +207,6 @@ def ablation(args: argparse.Namespace, data: dict) -> None:
              f"{data['val'][0].name}, {args.epochs} epochs (SIMULATED teachers)")
     print()
     print(format_table(report, title))
-    miou = {r.key: r.miou for r in report.rows}
     teachers = [r for r in report.rows if r.key.startswith("teacher:")]
     best_teacher = max(teachers, key=lambda r: r.miou)
     # (name, numerator row, denominator row): each SAS step against the row it must beat
@@ -222,11 +221,7 @@ def ablation(args: argparse.Namespace, data: dict) -> None:
         ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
         ("GGSD / guided 2D", "distill:ggsd", "fusion:guided"),
     ]
-    print("\nSAS orderings (mIoU ratio against the row to beat, same run; > 1.00x = holds):")
-    for name, num, den in comparisons:
-        if num in miou and den in miou and miou[den] > 0:
-            ratio = miou[num] / miou[den]
-            print(f"  [{'ok' if ratio > 1 else 'NO'}] {name}: {ratio:.2f}x")
+    print("\n" + format_ratios(report, comparisons))
     checks = sas_ordering(report)
     print(f"  sas_ordering(): {sum(checks.values())}/{len(checks)} hold"
           + ("" if all(checks.values()) else "; failing: " + ", ".join(k for k, ok in checks.items() if not ok)))

@@ -80,7 +80,7 @@ def main() -> int:
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
     from sas3d.demo.pipeline import PipelineConfig, run_pipeline
-    from sas3d.demo.report import format_table, sas_ordering, write_report
+    from sas3d.demo.report import format_ratios, format_table, sas_ordering, write_report
 
     print(f"benchmarks/real_scan.py: real ScanNet {SCENE} mesh + labels, rendered views, SIMULATED 2D teachers")
     print("zero-shot protocol: the real labels are used for evaluation only, never for training")
@@ -110,11 +110,7 @@ def main() -> int:
         ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),
         ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
     ]
-    print("\nSAS orderings (mIoU ratio against the row to beat, same run; > 1.00x = holds):")
-    for name, num, den in comparisons:
-        if num in miou and den in miou and miou[den] > 0:
-            ratio = miou[num] / miou[den]
-            print(f"  [{'ok' if ratio > 1 else 'NO'}] {name}: {ratio:.2f}x")
+    print("\n" + format_ratios(report, comparisons))
     checks = sas_ordering(report)
     print(f"  sas_ordering(): {sum(checks.values())}/{len(checks)} hold")
     present = [c for c, p in zip(report.classes, report.present) if p]

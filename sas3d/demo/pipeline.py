@@ -338,7 +338,9 @@ def _render(scene: Scene, vertex_colors: np.ndarray, view: tuple, path: Path, im
 
 
 def _splat(points: np.ndarray, colors: np.ndarray, intrinsics: np.ndarray, pose: np.ndarray, width: int, height: int) -> np.ndarray:
-    cam = (points - pose[:3, 3]) @ pose[:3, :3]
+    from sas3d.geometry.raster import world_to_camera
+
+    cam = world_to_camera(points, pose)
     front = cam[:, 2] > 0.05
     uvw = cam[front] @ intrinsics.T
     u = np.round(uvw[:, 0] / uvw[:, 2]).astype(int)

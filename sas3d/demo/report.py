@@ -48,6 +48,17 @@ def sas_ordering(report: PipelineReport) -> dict[str, bool]:
     return checks
 
 
+def format_ratios(report: PipelineReport, comparisons: list[tuple[str, str, str]]) -> str:
+    """One line per (name, row, row to beat): the mIoU ratio measured in this run, [ok] when > 1."""
+    miou = {r.key: r.miou for r in report.rows}
+    lines = ["SAS orderings (mIoU ratio against the row to beat, same run; > 1.00x = holds):"]
+    for name, num, den in comparisons:
+        if num in miou and den in miou and miou[den] > 0:
+            ratio = miou[num] / miou[den]
+            lines.append(f"  [{'ok' if ratio > 1 else 'NO'}] {name}: {ratio:.2f}x")
+    return "\n".join(lines)
+
+
 def write_report(report: PipelineReport, out_dir: str | Path, title: str, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write report.json, per-class IoU bar charts and report.html into ``out_dir``."""
     from sas3d.evaluate.plots import plot_per_class

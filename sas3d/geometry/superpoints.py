@@ -45,13 +45,12 @@ class SuperpointConfig:
 
 def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Vertex normals as ScanNet's segmentator computes them: mean of incident unit face normals."""
+    from sas3d.geometry.raster import face_normals
+
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fn = fn / np.linalg.norm(fn, axis=1, keepdims=True)
-    # Degenerate faces give NaN in the reference too; dropping them keeps the normals usable.
-    fn = np.nan_to_num(fn, nan=0.0)
+    # Degenerate faces give NaN in the reference; a zero normal keeps the vertex normals usable.
+    fn = face_normals(v, f)
     sums = np.zeros_like(v)
     counts = np.zeros(len(v), dtype=np.float32)
     for c in range(3):
