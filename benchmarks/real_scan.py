@@ -6,18 +6,22 @@ renders posed RGB-D + label views from the mesh along a handheld-like camera pat
 ``OUT/scene0470_00`` in the ScanNet export layout (skipped when already there), so the pipeline
 reads it like any ScanNet scan.
 
-Then ``run_pipeline`` runs every stage at the demo scale of ``sas3d demo`` (its ``DEMO_*``
-constants): SIMULATED 2D teachers (derived from the rendered label views with seeded error
+Then ``run_pipeline`` runs every stage with the student, voxel size and learning rates of
+``sas3d demo`` (its ``DEMO_*`` constants) but 300 epochs (``REAL_SCAN_EPOCHS``): SIMULATED 2D teachers (derived from the rendered label views with seeded error
 profiles, so the 2D rows are not real-model results) -> alignment via text -> capability ->
 add / linear / guided fusion -> distillation (pixel-point, + superpoint, + TESD, GGSD) ->
 evaluation against the real labels mapped NYU40 -> ScanNet20. Zero-shot protocol: the labels are
 never used for training (the students learn from the fused teacher features only); the same
-scene is distilled on and evaluated on, as in annotation-free 3D scene understanding.
+scene is distilled on and evaluated on, as in annotation-free 3D scene understanding. Training
+augmentation is off by default (``--augment`` turns it on): it exists to make a student generalise
+across scenes, and here the student only has to explain the one scene it is scored on; with it, the
+few hundred CPU steps we can afford are not enough to fit the scene (measured: 33 mIoU after 250
+steps with augmentation, 62 after 100 without). The training runs go side by side, one per CPU core.
 
 Prints the SAS Table 3 ablation, the SAS orderings as ratios against the row to beat (same run),
 wall-clock per stage and total; writes OUT/report.json and OUT/report.html.
 
-    .venv/bin/python benchmarks/real_scan.py [--epochs N] [--views 30] [--out runs/bench_real]
+    .venv/bin/python benchmarks/real_scan.py [--epochs 300] [--views 30] [--out runs/bench_real]
     .venv/bin/python benchmarks/real_scan.py --epochs 4      # quick check
 """
 
@@ -34,9 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sas3d.commands.demo import (  # noqa: E402
-    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
+    DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
 
 SCENE = "scene0470_00"
+# One scene makes one step per epoch: 300 steps (~7 min on 2 CPU cores) let the student fit the
+# scan; the demo's 40 leave it at ~20 mIoU.
+REAL_SCAN_EPOCHS = 300
 DATA = REPO.parent / "shared" / "data" / f"scannet_{SCENE}"
 
 
@@ -67,9 +74,12 @@ def main() -> int:
     parser.add_argument("--views", type=int, default=30, help="rendered views (default 30)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"distillation epochs (default {DEMO_EPOCHS}, as sas3d demo)")
+    parser.add_argument("--epochs", type=int, default=REAL_SCAN_EPOCHS,
+                        help=f"distillation epochs = steps on the one scene (default {REAL_SCAN_EPOCHS})")
     parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
     parser.add_argument("--no-ggsd", action="store_true", help="skip the GGSD row")
+    parser.add_argument("--augment", action="store_true",
+                        help="augment the training scene (the recipes' default; off here, see the module docstring)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -89,7 +99,8 @@ def main() -> int:
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
         final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
-        ggsd=not args.no_ggsd, seed=args.seed, progress=not args.no_progress,
+        ggsd=not args.no_ggsd, augment=args.augment, parallel_runs=os.cpu_count() or 1, seed=args.seed,
+        progress=not args.no_progress,
         queries=["a chair", "a table", "a whiteboard", "a door", "a window"])
     report = run_pipeline([scene_dir], [scene_dir], args.out, cfg, log=lambda s: print(s, flush=True))
     elapsed = time.perf_counter() - start

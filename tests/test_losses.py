@@ -100,3 +100,15 @@ def test_empty_inputs_give_zero_loss_with_graph():
     pred = torch.zeros((0, 4), requires_grad=True)
     for loss in (L.cosine_loss(pred, pred), L.superpoint_cosine_loss(pred, pred, torch.zeros(0, dtype=torch.long))):
         assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_supervised_reference_loss_hand_computed():
+    # logits = cos(f, T_k) / tau; rows: f = (1, 0) against T = [(1, 0), (0, 1)] -> cos (1, 0)
+    #                                   f = (0, 3)                               -> cos (0, 1)
+    pred = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([1, 1])
+    tau = 0.5
+    row0 = -math.log(math.exp(0 / tau) / (math.exp(1 / tau) + math.exp(0 / tau)))  # wrong class
+    row1 = -math.log(math.exp(1 / tau) / (math.exp(0 / tau) + math.exp(1 / tau)))  # right class
+    assert L.supervised_loss(pred, text, labels, tau).item() == pytest.approx((row0 + row1) / 2, abs=1e-6)

@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory):
     data = build_embedded_dataset(out / "data", n_train=1, n_val=1, n_views=3, width=96, height=72, progress=False)
     cfg = PipelineConfig(images_per_class=1, epochs=3, voxel_size=0.1, lr=3e-3, final_lr=3e-4, batch_size=1,
                          model_options={"planes": [4, 8, 8, 8, 8, 8, 8, 8], "init_dim": 4}, queries=["something to sit on"],
-                         query_renders=1, progress=False)
+                         query_renders=1, supervised_reference=True, parallel_runs=2, progress=False)
     report = run_pipeline(data["train"], data["val"], out, cfg, log=lambda _: None)
     json_path, html_path = write_report(report, out, "tiny")
     return out, report, json.loads(json_path.read_text()), html_path
@@ -27,7 +27,7 @@ def test_report_has_every_stage_and_says_simulated(tiny_run):
     out, report, data, html_path = tiny_run
     assert data["simulated"] is True and "SIMULATED" in data["note"]
     expected = {"teacher:simulated-lseg", "teacher:simulated-seem", "fusion:add", "fusion:linear", "fusion:guided",
-                "distill:pixel_point", "distill:superpoint", "distill:tesd"}
+                "distill:pixel_point", "distill:superpoint", "distill:tesd", "distill:supervised"}
     assert set(data["stages"]) == expected
     for stage in data["stages"].values():
         assert 0.0 <= stage["miou"] <= 1.0 and 0.0 <= stage["macc"] <= 1.0
@@ -70,3 +70,22 @@ def test_sas_run_was_paused_after_stage_one(tiny_run):
     assert [r.split(",")[1] for r in rows] == ["1", "1", "2"]
     # only the newest per-epoch checkpoint is kept (keep_checkpoints=1)
     assert len(list((out / "runs" / "sas" / "checkpoints").glob("epoch_*.safetensors"))) == 1
+
+
+def test_runs_trained_in_worker_processes_match_an_in_process_run(tiny_run, tmp_path):
+    """The pipeline trains its students side by side in spawned workers; each is the run it would be alone."""
+    import torch
+
+    from sas3d.config import from_dict
+    from sas3d.demo.pipeline import PipelineConfig, _train_run, training_overrides
+    from sas3d.utils.atomic import load_safetensors
+
+    out, _, data, _ = tiny_run
+    common = training_overrides(from_dict(PipelineConfig, data["config"]["pipeline"]))
+    train_dirs = [str(p) for p in sorted((out / "data" / "train").iterdir())]
+    val_dirs = [str(p) for p in sorted((out / "data" / "val").iterdir())]
+    checkpoints, _ = _train_run("supervised", common, 3, 2, train_dirs, val_dirs, str(out / "fused" / "guided"), str(tmp_path / "sup"))
+    here, _ = load_safetensors(checkpoints["last"])
+    there, _ = load_safetensors(out / data["artefacts"]["checkpoint_supervised"])
+    model_keys = [k for k in here if k.startswith("model.")]
+    assert model_keys and all(torch.equal(here[k], there[k]) for k in model_keys)

@@ -203,3 +203,71 @@ def test_predict_point_features_unit_rows_per_voxel():
     same = np.flatnonzero(vox.point_to_voxel == vox.point_to_voxel[0])
     assert len(same) > 1 and torch.equal(out[same[0]], out[same[1]])  # one feature per voxel
     assert model.training  # the caller's mode is restored
+
+
+def test_supervised_reference_recipe_uses_ground_truth_only(dataset, tmp_path):
+    """`supervised`: CE on ground-truth labels, no fused-feature loss; the labels reach the batch."""
+    import shutil
+
+    from sas3d.distill.data import build_batch, load_scene_data
+    from sas3d.errors import InputError
+
+    cfg = _cfg(dataset, "supervised", epochs=2)
+    assert cfg.loss.labels == 1.0 and cfg.loss.point == 0 and cfg.loss.superpoint == 0 and cfg.stage1_epochs == 2
+    scene = load_scene_data(dataset["scenes"][0], dataset["fused"], cfg.data, dataset["sp_cache"])
+    batch = build_batch([scene], cfg.data, np.random.default_rng(0), train=False, num_classes=20)
+    rep = batch.slices[0].voxel_to_point[batch.label_index.numpy()]
+    assert len(rep) and np.array_equal(batch.label_target.numpy(), scene.labels[rep])  # the voxels' own labels
+    assert set(batch.label_target.tolist()) == {0, 1, 6}  # wall, floor, table of the fixture
+
+    result = _train(dataset, tmp_path / "sup", cfg)
+    rows = list(csv.DictReader(open(tmp_path / "sup" / "metrics.csv")))
+    assert result.epochs_done == 2 and float(rows[-1]["loss_labels"]) > 0
+    assert all(float(r["loss_point"]) == 0 and float(r["loss_superpoint"]) == 0 for r in rows)
+    assert float(rows[-1]["loss_labels"]) < float(rows[0]["loss_labels"])
+
+    # a training scene without ground truth is refused before training, naming the scene
+    bare = tmp_path / "bare" / dataset["scenes"][0].name
+    shutil.copytree(dataset["scenes"][0], bare)
+    next(bare.glob("*labels.ply")).unlink()
+    with pytest.raises(InputError, match="no ground-truth labels"):
+        from sas3d.distill.trainer import train
+
+        train(cfg, [bare], dataset["fused"], tmp_path / "sup2", text_features=dataset["text"])
+
+
+def test_resume_accepts_a_run_from_before_a_config_field_was_added(dataset, tmp_path):
+    """A checkpoint whose config lacks a field added later (at its default) resumes; a real change is refused."""
+    from sas3d.errors import ConfigError
+    from sas3d.utils.atomic import load_safetensors, save_safetensors_atomic
+
+    cfg = _cfg(dataset, "openscene", epochs=2)
+    _train(dataset, tmp_path / "old", cfg, stop_after=1)
+    last = tmp_path / "old" / "last.safetensors"
+    tensors, meta = load_safetensors(last)
+    del meta["config"]["loss"]["labels"]  # as written by a version without the supervised reference
+    save_safetensors_atomic(last, tensors, meta)
+    assert _train(dataset, tmp_path / "old", cfg, resume=True).epochs_done == 2
+
+    _train(dataset, tmp_path / "other", cfg, stop_after=1)
+    with pytest.raises(ConfigError, match="different config"):
+        _train(dataset, tmp_path / "other", _cfg(dataset, "openscene", epochs=2, extra=["loss.point=0.5"]), resume=True)
+
+
+def test_ema_teacher_averages_weights_and_batchnorm_statistics():
+    """t <- m*t + (1-m)*s for parameters and BatchNorm running statistics; batch counters are copied."""
+    from sas3d.distill.history import EMATeacher
+
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    teacher = EMATeacher(student, momentum=0.75)
+    w0, mean0 = student[0].weight.detach().clone(), student[1].running_mean.clone()
+    with torch.no_grad():
+        student[0].weight.add_(4.0)
+    student.train()
+    student(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))  # moves the running statistics, counts one batch
+    teacher.update(student)
+    t = teacher.model
+    assert torch.allclose(t[0].weight, 0.75 * w0 + 0.25 * student[0].weight)
+    assert torch.allclose(t[1].running_mean, 0.75 * mean0 + 0.25 * student[1].running_mean)
+    assert not torch.allclose(t[1].running_mean, student[1].running_mean)
+    assert int(t[1].num_batches_tracked) == int(student[1].num_batches_tracked) == 1

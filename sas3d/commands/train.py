@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "distil fused 2D features into a 3D student (recipes: openscene, ggsd, sas)"
+HELP = "distil fused 2D features into a 3D student (recipes: openscene, ggsd, sas; supervised reference)"
 DESCRIPTION = """\
 Train the 3D student (MinkUNet18A) on scenes with fused 2D features (from `sas3d fuse`).
 
 Recipes: `openscene` (pixel-point cosine loss), `ggsd` (+ superpoint loss, then an EMA teacher
 with superpoint voting and a contrastive loss), `sas` (superpoint distillation for 70% of the
-epochs, then temporal-ensembling self-distillation). A recipe is a YAML file over the TrainConfig
+epochs, then temporal-ensembling self-distillation). `supervised` is not a distillation recipe but
+a reference: the same student trained with a cross-entropy on the scenes' ground-truth labels, to
+show what the student reaches at a given budget with perfect labels. A recipe is a YAML file over the TrainConfig
 dataclass (sas3d/distill/config.py); override any value with --set section.key=value.
 
 --scenes is a text file with one scene folder per line, or comma-separated folders. --fused holds
@@ -22,7 +24,7 @@ Multi-GPU: torchrun --nproc_per_node G -m sas3d train ... --device cuda
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="sas", help="built-in recipe name (openscene, ggsd, sas) or a YAML path (default: sas)")
+    parser.add_argument("--recipe", default="sas", help="built-in recipe name (openscene, ggsd, sas, supervised) or a YAML path (default: sas)")
     parser.add_argument("--scenes", required=True, help="scene list: a text file (one folder per line) or comma-separated folders")
     parser.add_argument("--fused", required=True, help="folder with <scene name>.safetensors fused features")
     parser.add_argument("--out", required=True, help="run folder")

@@ -31,6 +31,7 @@ DISTILL_ROWS = {
     "superpoint": "3D + superpoint",
     "tesd": "3D + superpoint + TESD (SAS)",
     "ggsd": "3D GGSD",
+    "supervised": "3D supervised on ground truth (reference)",
 }
 
 
@@ -48,8 +49,11 @@ class PipelineConfig:
     lr: float = 1e-4  # SAS paper
     final_lr: float = 1e-5  # SAS paper
     batch_size: int = 12  # SAS paper
+    augment: bool = True  # training augmentation (OpenScene/SAS: on); off suits distilling one scene to evaluate on it
     model_options: dict[str, Any] = field(default_factory=dict)  # build_model kwargs (e.g. narrower planes)
     ggsd: bool = False  # also train the GGSD recipe (extra row)
+    supervised_reference: bool = False  # also train the student on ground-truth labels, same budget (extra row)
+    parallel_runs: int = 1  # training runs side by side in worker processes (the demo: one per CPU core)
     cache_teachers: bool = False  # per-frame teacher outputs on disk: worth it for real models, not for cheap simulated ones
     keep_checkpoints: int = 1  # per-epoch checkpoints kept per run (0: all)
     queries: list[str] = field(default_factory=lambda: ["a chair", "something to sit on", "a place to store books", "a door"])
@@ -224,41 +228,100 @@ def _evaluate(key: str, label: str, scenes: Sequence[Scene], cfg: PipelineConfig
                        time.perf_counter() - start)
 
 
+def training_overrides(cfg: PipelineConfig) -> list[str]:
+    """The ``--set`` values every training run of the pipeline adds to its recipe."""
+    common = [f"data.voxel_size={cfg.voxel_size}", f"optim.lr={cfg.lr}", f"optim.final_lr={cfg.final_lr}",
+              f"optim.batch_size={cfg.batch_size}", f"seed={cfg.seed}", f"schedule.keep_checkpoints={cfg.keep_checkpoints}",
+              f"data.augment={str(cfg.augment).lower()}"]
+    return common + [f"model.options.{k}={json.dumps(v)}" for k, v in cfg.model_options.items()]  # JSON is valid YAML
+
+
 def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence[Path], fused_dir: Path, runs_dir: Path,
             timings: dict[str, float], log: Callable[[str], None]) -> dict[str, Path]:
     """Train the students; returns checkpoint paths keyed by ablation row.
 
     "+ superpoint" is the SAS run's checkpoint at the end of stage 1 (SAS trains progressively), and
     the pixel-point baseline trains the same number of epochs so the two rows compare like with like.
+    The runs are independent, so with ``cfg.parallel_runs > 1`` they train side by side in worker
+    processes (each run is itself single-threaded on CPU, see the trainer).
     """
     from sas3d.distill.config import load_train_config
-    from sas3d.distill.trainer import train
 
-    common = [f"data.voxel_size={cfg.voxel_size}", f"optim.lr={cfg.lr}", f"optim.final_lr={cfg.final_lr}",
-              f"optim.batch_size={cfg.batch_size}", f"seed={cfg.seed}", f"schedule.keep_checkpoints={cfg.keep_checkpoints}"]
-    common += [f"model.options.{k}={json.dumps(v)}" for k, v in cfg.model_options.items()]  # JSON is valid YAML
-    sas_cfg = load_train_config("sas", common, epochs=cfg.epochs)
-    stage1 = sas_cfg.stage1_epochs
-    runs: dict[str, Path] = {}
+    common = training_overrides(cfg)
+    stage1 = load_train_config("sas", common, epochs=cfg.epochs).stage1_epochs
     plans = [("pixel_point", "openscene", stage1), ("tesd", "sas", cfg.epochs)]
     if cfg.ggsd:
         plans.append(("ggsd", "ggsd", cfg.epochs))
-    for key, recipe, epochs in plans:
-        with _Timer(timings, f"distill: {recipe} recipe ({epochs} epochs)", log):
-            run_dir = runs_dir / recipe
-            tcfg = load_train_config(recipe, common, epochs=epochs)
-            last = run_dir / "last.safetensors"
-            if recipe == "sas":
-                # Pause at the end of stage 1 to keep that student ("+ superpoint"), then resume into TESD.
-                stage1_ckpt = run_dir / "stage1.safetensors"
-                if not stage1_ckpt.is_file():
-                    train(tcfg, train_dirs, fused_dir, run_dir, resume=last.is_file(), val_scenes=eval_dirs, stop_after=stage1)
-                    shutil.copyfile(last, stage1_ckpt)
-                runs["superpoint"] = stage1_ckpt
-            train(tcfg, train_dirs, fused_dir, run_dir, resume=last.is_file(), val_scenes=eval_dirs)
-            runs[key] = last
-    order = ["pixel_point", "superpoint", "tesd", "ggsd"]
+    if cfg.supervised_reference:
+        plans.append(("supervised", "supervised", cfg.epochs))  # the longest distillation budget
+    plans.sort(key=lambda plan: -plan[2])  # longest first: the best packing onto the workers
+    jobs = [(recipe, common, epochs, stage1, [str(d) for d in train_dirs], [str(d) for d in eval_dirs], str(fused_dir),
+             str(runs_dir / recipe)) for _, recipe, epochs in plans]
+    for _, recipe, epochs in plans:
+        log(f"== distill: {recipe} recipe ({epochs} epochs)")
+    workers = max(1, min(cfg.parallel_runs, len(jobs)))
+    if workers == 1:
+        results = [_train_run(*job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm import tqdm
+
+        # spawn: a forked child would inherit torch's and numba's thread pools mid-state. The
+        # workers draw no bars of their own; one bar here counts the epochs their metrics.csv log.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker) as pool:
+            futures = [pool.submit(_train_run, *job) for job in jobs]
+            logs = [runs_dir / recipe / "metrics.csv" for _, recipe, _ in plans]
+            with tqdm(total=sum(epochs for _, _, epochs in plans), desc=f"training {len(jobs)} students, {workers} at a time",
+                      unit="epoch", disable=not cfg.progress) as bar:
+                while not all(f.done() for f in futures):
+                    time.sleep(1.0)
+                    bar.update(sum(_logged_epochs(f) for f in logs) - bar.n)
+            results = [f.result() for f in futures]
+    runs: dict[str, Path] = {}
+    for (key, recipe, epochs), (checkpoints, seconds) in zip(plans, results):
+        timings[f"distill: {recipe} recipe ({epochs} epochs)"] = seconds
+        runs.update({"superpoint" if name == "stage1" else key: Path(path) for name, path in checkpoints.items()})
+    order = ["pixel_point", "superpoint", "tesd", "ggsd", "supervised"]
     return {k: runs[k] for k in order if k in runs}
+
+
+def _quiet_worker() -> None:
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when the worker first imports it
+
+
+def _logged_epochs(metrics_csv: Path) -> int:
+    try:
+        return max(0, len(metrics_csv.read_text().splitlines()) - 1)  # minus the header
+    except OSError:
+        return 0
+
+
+def _train_run(recipe: str, common: list[str], epochs: int, stage1: int, train_dirs: list[str], eval_dirs: list[str],
+               fused_dir: str, run_dir: str) -> tuple[dict[str, str], float]:
+    """One training run (a top-level function, so worker processes can run it); reuses a finished or
+    interrupted run in ``run_dir``. Returns ({"last": checkpoint[, "stage1": checkpoint]}, seconds)."""
+    from sas3d.distill.config import load_train_config
+    from sas3d.distill.trainer import train
+
+    start = time.perf_counter()
+    out = Path(run_dir)
+    tcfg = load_train_config(recipe, common, epochs=epochs)
+    last = out / "last.safetensors"
+    checkpoints = {}
+    if recipe == "sas":
+        # Pause at the end of stage 1 to keep that student ("+ superpoint"), then resume into TESD.
+        stage1_ckpt = out / "stage1.safetensors"
+        if not stage1_ckpt.is_file():
+            train(tcfg, train_dirs, fused_dir, out, resume=last.is_file(), val_scenes=eval_dirs, stop_after=stage1)
+            shutil.copyfile(last, stage1_ckpt)
+        checkpoints["stage1"] = str(stage1_ckpt)
+    train(tcfg, train_dirs, fused_dir, out, resume=last.is_file(), val_scenes=eval_dirs)
+    checkpoints["last"] = str(last)
+    return checkpoints, time.perf_counter() - start
 
 
 def _queries_and_renders(checkpoint: Path, scene: Scene, cfg: PipelineConfig, encoder: Any, class_text: torch.Tensor,

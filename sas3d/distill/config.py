@@ -82,6 +82,11 @@ class LossConfig:
     self_distill: str = "tesd"  # none | tesd | ggsd
     self_weight: float = 1.0  # SAS Eq. 13 / GGSD: unit weight
     distill_in_stage2: bool = True  # SAS 3.5: stage 2 uses superpoint distillation and TESD together
+    # Fully-supervised reference (the `supervised` recipe, not a distillation method): weight of a CE
+    # on ground-truth labels, so a table can show what the same student and budget reach with
+    # perfect labels. 0 in every distillation recipe.
+    labels: float = 0.0
+    label_temperature: float = 0.01  # cosine logits / 0.01, as TESD and GGSD
 
 
 @dataclass
@@ -169,7 +174,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"schedule.stage1_fraction must be in [0, 1], got {cfg.schedule.stage1_fraction}")
     if not 0.0 <= cfg.tesd.alpha < 1.0 or not 0.0 <= cfg.ggsd.momentum < 1.0:
         raise ConfigError("tesd.alpha and ggsd.momentum must be in [0, 1)")
-    if cfg.tesd.temperature <= 0 or cfg.ggsd.temperature <= 0 or cfg.data.voxel_size <= 0:
+    if cfg.loss.labels < 0:
+        raise ConfigError(f"loss.labels must be >= 0, got {cfg.loss.labels}")
+    if cfg.tesd.temperature <= 0 or cfg.ggsd.temperature <= 0 or cfg.loss.label_temperature <= 0 or cfg.data.voxel_size <= 0:
         raise ConfigError("temperatures and data.voxel_size must be positive")
 
 

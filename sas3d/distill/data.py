@@ -38,7 +38,7 @@ class SceneData:
     features: torch.Tensor | None = None  # (N, C) float16 fused features, zeros where unseen
     sp_target: torch.Tensor | None = None  # (S, C) float32 mean fused feature of the superpoint's seen points
     fused_path: Path | None = None
-    labels: np.ndarray | None = None  # (N,) ground truth, for validation only
+    labels: np.ndarray | None = None  # (N,) ground truth: validation, and the supervised reference recipe
     teachers: tuple[str, ...] = ()  # teacher names recorded in the fused file (e.g. "simulated-lseg")
 
     @property
@@ -156,6 +156,8 @@ class Batch:
     distill_sp: torch.Tensor  # (Md,) batch-unique superpoint ids
     self_index: torch.Tensor  # (Ms,) voxel rows used by self-distillation
     voxel_sp: torch.Tensor  # (M,) batch-unique superpoint id of every voxel
+    label_index: torch.Tensor  # (Ml,) voxel rows with a ground-truth label (only when asked for)
+    label_target: torch.Tensor  # (Ml,) their class ids
 
     @property
     def num_voxels(self) -> int:
@@ -168,10 +170,15 @@ def _subsample(candidates: np.ndarray, limit: int, rng: np.random.Generator) -> 
     return np.sort(rng.choice(candidates, size=limit, replace=False))
 
 
-def build_batch(scenes: Sequence[SceneData], cfg: DataConfig, rng: np.random.Generator, train: bool = True) -> Batch:
-    """Voxelise (augmenting when ``train``) a list of scenes into one network batch with its targets."""
+def build_batch(scenes: Sequence[SceneData], cfg: DataConfig, rng: np.random.Generator, train: bool = True,
+                num_classes: int = 0) -> Batch:
+    """Voxelise (augmenting when ``train``) a list of scenes into one network batch with its targets.
+
+    ``num_classes > 0`` also draws up to ``max_voxels`` voxels per scene whose representative point
+    has a ground-truth label below ``num_classes`` (the supervised reference recipe).
+    """
     coords, slices = [], []
-    d_index, d_target, d_sp_target, d_sp, s_index, v_sp = [], [], [], [], [], []
+    d_index, d_target, d_sp_target, d_sp, s_index, v_sp, l_index, l_target = [], [], [], [], [], [], [], []
     start = sp_offset = 0
     for scene in scenes:
         pts = augment(scene.points, rng, cfg.augmentation) if (train and cfg.augment) else scene.points
@@ -193,6 +200,13 @@ def build_batch(scenes: Sequence[SceneData], cfg: DataConfig, rng: np.random.Gen
         d_sp.append(torch.from_numpy(voxel_sp[chosen] + sp_offset))
         s_index.append(torch.from_numpy(_subsample(np.arange(m), cfg.max_voxels, rng)) + start)
         v_sp.append(torch.from_numpy(voxel_sp + sp_offset))
+        if num_classes > 0:
+            if scene.labels is None:
+                raise InputError(scene.fused_path, f"scene {scene.name!r} has no ground-truth labels, which supervised training needs")
+            voxel_label = scene.labels[vox.voxel_to_point]
+            labelled = _subsample(np.flatnonzero((voxel_label >= 0) & (voxel_label < num_classes)), cfg.max_voxels, rng)
+            l_index.append(torch.from_numpy(labelled) + start)
+            l_target.append(torch.from_numpy(voxel_label[labelled]))
         coords.append(vox.coords)
         slices.append(SceneSlice(scene, start, vox.point_to_voxel, voxel_sp, vox.voxel_to_point, sp_offset))
         start += m
@@ -209,4 +223,6 @@ def build_batch(scenes: Sequence[SceneData], cfg: DataConfig, rng: np.random.Gen
         distill_sp=torch.cat(d_sp).long(),
         self_index=torch.cat(s_index).long(),
         voxel_sp=torch.cat(v_sp).long(),
+        label_index=torch.cat(l_index).long() if l_index else torch.zeros(0, dtype=torch.long),
+        label_target=torch.cat(l_target).long() if l_target else torch.zeros(0, dtype=torch.long),
     )

@@ -88,7 +88,10 @@ class TESDHistory:
 class EMATeacher:
     """GGSD's mean teacher: a copy of the student whose weights follow ``t <- m*t + (1-m)*s``.
 
-    Floating-point parameters are averaged; buffers (BatchNorm statistics) are copied from the student.
+    Parameters and floating-point buffers (BatchNorm running statistics) are averaged alike, so the
+    teacher's normalisation matches its own lagging weights; integer buffers (batch counters) are
+    copied. Copying the student's statistics onto the teacher's older weights instead gave the
+    teacher mismatched activations and, on a 300-epoch single-scan run, collapsed GGSD to one class.
     """
 
     def __init__(self, student: torch.nn.Module, momentum: float):
@@ -103,7 +106,10 @@ class EMATeacher:
         for t, s in zip(self.model.parameters(), student.parameters()):
             t.mul_(self.momentum).add_(s.detach(), alpha=1.0 - self.momentum)
         for t, s in zip(self.model.buffers(), student.buffers()):
-            t.copy_(s)
+            if t.is_floating_point():
+                t.mul_(self.momentum).add_(s.detach(), alpha=1.0 - self.momentum)
+            else:
+                t.copy_(s)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -111,3 +111,9 @@ def ggsd_contrastive_loss(pred: torch.Tensor, text: torch.Tensor, labels: torch.
     if pred.shape[0] == 0:
         return pred.sum() * 0.0
     return F.cross_entropy(text_logits(pred, text, temperature), labels.to(torch.long))
+
+
+def supervised_loss(pred: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
+    """Fully-supervised reference: ``CE(cos(F3D, T) / tau, ground truth)``, the same form as GGSD Eq. 6
+    but on true labels, so the student is classified exactly as a distilled one."""
+    return ggsd_contrastive_loss(pred, text, labels, temperature)

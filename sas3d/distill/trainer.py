@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sas3d.config import to_dict
+from sas3d.config import from_dict, to_dict
 from sas3d.distill import losses as L
 from sas3d.distill.config import TrainConfig
 from sas3d.distill.data import Batch, SceneData, build_batch, load_scene_data
@@ -43,7 +43,9 @@ from sas3d.distill.history import EMATeacher, TESDHistory
 from sas3d.errors import ConfigError, InputError
 from sas3d.utils.atomic import atomic_path, write_text_atomic
 
-METRIC_FIELDS = ["epoch", "stage", "lr", "loss", "loss_point", "loss_superpoint", "loss_self", "val_miou", "val_macc", "seconds"]
+METRIC_FIELDS = ["epoch", "stage", "lr", "loss", "loss_point", "loss_superpoint", "loss_self", "loss_labels", "val_miou", "val_macc",
+                 "seconds"]
+LOSS_PARTS = ("point", "superpoint", "self", "labels")
 
 
 @dataclass
@@ -159,6 +161,10 @@ class Trainer:
 
         bar = tqdm(mine, desc="loading scenes", leave=False, **self._bar_options())
         self.scenes = [load_scene_data(s, self.fused_dir, cfg.data, cache) for s in bar]
+        if cfg.loss.labels > 0:
+            for s in self.scenes:
+                if s.labels is None:
+                    raise InputError(s.fused_path, f"scene {s.name!r} has no ground-truth labels; loss.labels (the supervised recipe) needs them")
         teachers = sorted({t for s in self.scenes for t in s.teachers})
         names = [s.name for s in self.scenes]
         if self.dist.active:
@@ -271,6 +277,10 @@ class Trainer:
             return False
         loaded, meta, state = load_checkpoint(path)
         saved = meta.get("config", {})
+        try:  # fields added to TrainConfig after the run started take their defaults
+            saved = to_dict(from_dict(TrainConfig, saved))
+        except ConfigError:
+            pass  # a field this version no longer has: the comparison below names the section
         mine = to_dict(self.cfg)
         diff = sorted(k for k in set(saved) | set(mine) if k != "device" and saved.get(k) != mine.get(k))
         if diff:
@@ -305,8 +315,8 @@ class Trainer:
         feats = torch.ones((coords.shape[0], cfg.model.in_channels), device=dev)
         pred = self.net(feats, coords, batch.batch_size)
         zero = pred.sum() * 0.0
-        out = {"point": zero, "superpoint": zero, "self": zero}
-        if stage == 1 or cfg.loss.distill_in_stage2:
+        out = {part: zero for part in LOSS_PARTS}
+        if (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0):
             idx = batch.distill_index.to(dev)
             p = pred[idx]
             target = batch.distill_sp_target if cfg.loss.point_target == "superpoint" else batch.distill_target
@@ -316,6 +326,9 @@ class Trainer:
             out["self"] = self._tesd(pred, batch)
         elif stage == 2 and cfg.loss.self_distill == "ggsd":
             out["self"] = self._ggsd(pred, batch, coords, feats)
+        if cfg.loss.labels > 0:
+            idx = batch.label_index.to(dev)
+            out["labels"] = L.supervised_loss(pred[idx], self.text_dev, batch.label_target.to(dev), cfg.loss.label_temperature)
         return out
 
     def _tesd(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -365,7 +378,7 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch, self.dist.rank])
         order = self._epoch_order(rng)
         self.net.train()
-        sums = {"loss": 0.0, "point": 0.0, "superpoint": 0.0, "self": 0.0}
+        sums = dict.fromkeys(("loss", *LOSS_PARTS), 0.0)
         t0 = time.time()
         lr = cfg.optim.lr
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.schedule.epochs} (stage {stage})",
@@ -375,9 +388,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             chunk = order[step * self.batch_per_rank : (step + 1) * self.batch_per_rank] or order[-self.batch_per_rank :]
-            batch = build_batch(chunk, cfg.data, rng, train=True)
+            batch = build_batch(chunk, cfg.data, rng, train=True, num_classes=self.text.shape[0] if cfg.loss.labels > 0 else 0)
             parts = self._losses(batch, stage)
-            loss = cfg.loss.point * parts["point"] + cfg.loss.superpoint * parts["superpoint"] + cfg.loss.self_weight * parts["self"]
+            loss = (cfg.loss.point * parts["point"] + cfg.loss.superpoint * parts["superpoint"]
+                    + cfg.loss.self_weight * parts["self"] + cfg.loss.labels * parts["labels"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -386,12 +400,12 @@ class Trainer:
             for k, v in (("loss", loss), *parts.items()):
                 sums[k] += float(v.detach())
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        means = torch.tensor([sums[k] / self.steps_per_epoch for k in ("loss", "point", "superpoint", "self")], dtype=torch.float64)
+        means = torch.tensor([sums[k] / self.steps_per_epoch for k in ("loss", *LOSS_PARTS)], dtype=torch.float64)
         if self.dist.active:
             dist.all_reduce(means)
             means /= self.dist.world_size
         return {"epoch": epoch + 1, "stage": stage, "lr": lr, "loss": float(means[0]), "loss_point": float(means[1]),
-                "loss_superpoint": float(means[2]), "loss_self": float(means[3]), "val_miou": None, "val_macc": None,
+                "loss_superpoint": float(means[2]), "loss_self": float(means[3]), "loss_labels": float(means[4]), "val_miou": None, "val_macc": None,
                 "seconds": round(time.time() - t0, 3)}
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
@@ -423,7 +437,7 @@ class Trainer:
                 self.metrics.append(row)
                 self.save()
                 if writer is not None:
-                    for k in ("loss", "loss_point", "loss_superpoint", "loss_self", "lr", "stage", "val_miou", "val_macc"):
+                    for k in ("loss", "loss_point", "loss_superpoint", "loss_self", "loss_labels", "lr", "stage", "val_miou", "val_macc"):
                         if row.get(k) is not None:
                             writer.add_scalar(f"train/{k}" if not k.startswith("val") else f"val/{k[4:]}", row[k], self.epoch)
                     writer.flush()
