@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -243,7 +244,8 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
     "+ superpoint" is the SAS run's checkpoint at the end of stage 1 (SAS trains progressively), and
     the pixel-point baseline trains the same number of epochs so the two rows compare like with like.
     The runs are independent, so with ``cfg.parallel_runs > 1`` they train side by side in worker
-    processes (each run is itself single-threaded on CPU, see the trainer).
+    processes (each run is itself single-threaded on CPU, see the trainer). The workers are spawned,
+    so a script that calls this must keep its top-level work under ``if __name__ == "__main__":``.
     """
     from sas3d.distill.config import load_train_config
 
@@ -269,15 +271,18 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
         from tqdm import tqdm
 
         # spawn: a forked child would inherit torch's and numba's thread pools mid-state. The
-        # workers draw no bars of their own; one bar here counts the epochs their metrics.csv log.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker) as pool:
-            futures = [pool.submit(_train_run, *job) for job in jobs]
+        # workers draw no bars of their own (they inherit TQDM_DISABLE when submit() starts them,
+        # before anything imports tqdm there); one bar here counts the epochs their metrics.csv log.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with _environment(TQDM_DISABLE="1"):
+                futures = [pool.submit(_train_run, *job) for job in jobs]
             logs = [runs_dir / recipe / "metrics.csv" for _, recipe, _ in plans]
             with tqdm(total=sum(epochs for _, _, epochs in plans), desc=f"training {len(jobs)} students, {workers} at a time",
                       unit="epoch", disable=not cfg.progress) as bar:
                 while not all(f.done() for f in futures):
                     time.sleep(1.0)
                     bar.update(sum(_logged_epochs(f) for f in logs) - bar.n)
+                bar.update(sum(_logged_epochs(f) for f in logs) - bar.n)
             results = [f.result() for f in futures]
     runs: dict[str, Path] = {}
     for (key, recipe, epochs), (checkpoints, seconds) in zip(plans, results):
@@ -287,10 +292,21 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
     return {k: runs[k] for k in order if k in runs}
 
 
-def _quiet_worker() -> None:
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block (child processes started in it inherit them)."""
     import os
 
-    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when the worker first imports it
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _logged_epochs(metrics_csv: Path) -> int:
