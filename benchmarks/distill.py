@@ -27,7 +27,7 @@ pipeline and its orderings working, not what real LSeg / SEEM would score.
 Each cost measurement runs in its own subprocess so its peak memory is its own. CPU sparse
 convolution runs on one thread (``cpu_single_thread``), as the trainer does.
 
-    .venv/bin/python benchmarks/distill.py [--rooms 3] [--views 30] [--epochs N] [--out runs/bench_distill]
+    .venv/bin/python benchmarks/distill.py [--rooms 3] [--views 30] [--epochs N] [--width demo|full] [--out runs/bench_distill]
     .venv/bin/python benchmarks/distill.py --epochs 4          # quick check
     .venv/bin/python benchmarks/distill.py --skip-pipeline     # cost figures only
 """
@@ -200,14 +200,14 @@ def ablation(args: argparse.Namespace, data: dict) -> None:
 
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
-        final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS["demo"], ggsd=True,
+        final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS[args.width], ggsd=True,
         supervised_reference=True, parallel_runs=os.cpu_count() or 1, seed=args.seed,
         progress=not args.no_progress)
     start = time.perf_counter()
     report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
     elapsed = time.perf_counter() - start
     title = (f"benchmarks/distill.py: {len(data['train'])} embedded training rooms, held-out room "
-             f"{data['val'][0].name}, {args.epochs} epochs (SIMULATED teachers)")
+             f"{data['val'][0].name}, {args.epochs} epochs, {args.width}-width student (SIMULATED teachers)")
     print()
     print(format_table(report, title))
     teachers = [r for r in report.rows if r.key.startswith("teacher:")]
@@ -297,6 +297,8 @@ def costs(args: argparse.Namespace, data: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=3, help="embedded training rooms (default 3)")
+    parser.add_argument("--width", choices=sorted(WIDTHS), default="demo",
+                        help="student of the ablation: the demo's quarter-width MinkUNet18A or the full one (default demo)")
     parser.add_argument("--views", type=int, default=30, help="rendered views per room (default 30)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"distillation epochs (default {DEMO_EPOCHS}, as sas3d demo)")
     parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
