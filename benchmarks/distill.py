@@ -35,6 +35,7 @@ convolution runs on one thread (``cpu_single_thread``), as the trainer does.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -253,6 +254,10 @@ def big_scene(out: Path, target: int, views: int, seed: int) -> Path:
     return scene_dir
 
 
+def _cuda_mb(result: dict) -> str:
+    return f"{result['cuda_peak_mb']:.0f}" if result["cuda_peak_mb"] is not None else "-"
+
+
 def costs(args: argparse.Namespace, data: dict) -> None:
     import torch
 
@@ -263,14 +268,12 @@ def costs(args: argparse.Namespace, data: dict) -> None:
           f"(median of {args.steps} steps after a warm-up; CPU on 1 thread as the trainer; {dim}-d targets)")
     print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'params M':>9}{'s/step':>9}{'voxels/s':>10}"
           f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
-    for device in devices:
-        for width in WIDTHS:
-            for voxel in (DEMO_VOXEL, PAPER_VOXEL):
-                r = run_worker("train", scene_dir=str(room), width=width, voxel=voxel, steps=args.steps, dim=dim, device=device)
-                if r:
-                    cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
-                    print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['params_m']:>9.2f}"
-                          f"{r['s_per_step']:>9.2f}{r['voxels_per_s']:>10.0f}{r['peak_rss_growth_mb']:>13.0f}{cuda:>9}", flush=True)
+    configurations = list(itertools.product(devices, WIDTHS, (DEMO_VOXEL, PAPER_VOXEL)))
+    for device, width, voxel in configurations:
+        r = run_worker("train", scene_dir=str(room), width=width, voxel=voxel, steps=args.steps, dim=dim, device=device)
+        if r:
+            print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['params_m']:>9.2f}"
+                  f"{r['s_per_step']:>9.2f}{r['voxels_per_s']:>10.0f}{r['peak_rss_growth_mb']:>13.0f}{_cuda_mb(r):>9}", flush=True)
 
     scene = big_scene(args.out, args.infer_points, args.views, args.seed)
     ref = run_worker("fuse", scene_dir=str(scene), dim=dim, repeats=args.repeats)
@@ -281,15 +284,12 @@ def costs(args: argparse.Namespace, data: dict) -> None:
               f"pre-generated, teacher inference not counted): {ref['ms']:.0f} ms")
     print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'voxelise ms':>12}{'ms/scene':>10}{'/ fusion':>9}"
           f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
-    for device in devices:
-        for width in WIDTHS:
-            for voxel in (DEMO_VOXEL, PAPER_VOXEL):
-                r = run_worker("infer", scene_dir=str(scene), width=width, voxel=voxel, repeats=args.repeats, dim=dim, device=device)
-                if r:
-                    ratio = f"{r['ms'] / ref['ms']:.2f}x" if ref else "n/a"
-                    cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
-                    print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['voxelize_ms']:>12.0f}"
-                          f"{r['ms']:>10.0f}{ratio:>9}{r['peak_rss_growth_mb']:>13.0f}{cuda:>9}", flush=True)
+    for device, width, voxel in configurations:
+        r = run_worker("infer", scene_dir=str(scene), width=width, voxel=voxel, repeats=args.repeats, dim=dim, device=device)
+        if r:
+            ratio = f"{r['ms'] / ref['ms']:.2f}x" if ref else "n/a"
+            print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['voxelize_ms']:>12.0f}"
+                  f"{r['ms']:>10.0f}{ratio:>9}{r['peak_rss_growth_mb']:>13.0f}{_cuda_mb(r):>9}", flush=True)
     if not torch.cuda.is_available():
         print("  (no CUDA device: CPU only)")
 

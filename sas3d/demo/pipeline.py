@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -266,7 +265,9 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
         results = [_train_run(*job) for job in jobs]
     else:
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor
+        from unittest.mock import patch  # sets, then restores, an environment variable
 
         from tqdm import tqdm
 
@@ -274,7 +275,7 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
         # workers draw no bars of their own (they inherit TQDM_DISABLE when submit() starts them,
         # before anything imports tqdm there); one bar here counts the epochs their metrics.csv log.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            with _environment(TQDM_DISABLE="1"):
+            with patch.dict(os.environ, {"TQDM_DISABLE": "1"}):
                 futures = [pool.submit(_train_run, *job) for job in jobs]
             logs = [runs_dir / recipe / "metrics.csv" for _, recipe, _ in plans]
             with tqdm(total=sum(epochs for _, _, epochs in plans), desc=f"training {len(jobs)} students, {workers} at a time",
@@ -290,23 +291,6 @@ def _distil(cfg: PipelineConfig, train_dirs: Sequence[Path], eval_dirs: Sequence
         runs.update({"superpoint" if name == "stage1" else key: Path(path) for name, path in checkpoints.items()})
     order = ["pixel_point", "superpoint", "tesd", "ggsd", "supervised"]
     return {k: runs[k] for k in order if k in runs}
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration of the block (child processes started in it inherit them)."""
-    import os
-
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _logged_epochs(metrics_csv: Path) -> int:
