@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sas3d.commands.demo import (  # noqa: E402
-    DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
+    DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL, INPLACE_OVERRIDES)
 
 SCENE = "scene0470_00"
 # One scene makes one step per epoch: 300 steps (~7 min on 2 CPU cores) let the student fit the
@@ -80,6 +80,10 @@ def main() -> int:
     parser.add_argument("--no-ggsd", action="store_true", help="skip the GGSD row")
     parser.add_argument("--augment", action="store_true",
                         help="augment the training scene (the recipes' default; off here, see the module docstring)")
+    parser.add_argument("--paper-student", action="store_true",
+                        help="the papers' student (geometry-only input, unweighted losses) instead of the in-place settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra training config value for every run (repeatable), e.g. --set data.sampling=class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -89,8 +93,9 @@ def main() -> int:
         return 2
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
-    from sas3d.demo.pipeline import PipelineConfig, run_pipeline
-    from sas3d.demo.report import format_ratios, format_table, sas_ordering, write_report
+    from sas3d.pipeline.config import PipelineConfig
+    from sas3d.pipeline.report import format_ratios, format_tables, lost_classes, write_report
+    from sas3d.pipeline.runner import run_pipeline
 
     print(f"benchmarks/real_scan.py: real ScanNet {SCENE} mesh + labels, rendered views, SIMULATED 2D teachers")
     print("zero-shot protocol: the real labels are used for evaluation only, never for training")
@@ -99,6 +104,7 @@ def main() -> int:
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
         final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
+        train_overrides=([] if args.paper_student else list(INPLACE_OVERRIDES)) + list(args.set),
         ggsd=not args.no_ggsd, augment=args.augment, parallel_runs=os.cpu_count() or 1, seed=args.seed,
         progress=not args.no_progress,
         queries=["a chair", "a table", "a whiteboard", "a door", "a window"])
@@ -107,30 +113,36 @@ def main() -> int:
     title = (f"benchmarks/real_scan.py: ScanNet {SCENE} (real mesh + labels, {args.views} rendered views), "
              f"{args.epochs} epochs, distilled and evaluated on the same scene (SIMULATED teachers)")
     timings = {"render views (sas3d render-views)": render_s, **report.timings}
-    json_path, html_path = write_report(report, args.out, title, {"wall_clock_s": round(elapsed, 1),
-                                                                  "render_views_s": round(render_s, 1)})
+    json_path, html_path, data = write_report(report, args.out, title, {"wall_clock_s": round(elapsed, 1),
+                                                                        "render_views_s": round(render_s, 1)})
     print()
-    print(format_table(report, title))
-    miou = {r.key: r.miou for r in report.rows}
-    best_teacher = max((r for r in report.rows if r.key.startswith("teacher:")), key=lambda r: r.miou)
+    print(format_tables(data, title))
+    split = data["splits"]["in_place"]
+    miou = {k: v["miou"] for k, v in split["stages"].items()}
+    best_teacher = max((k for k in miou if k.startswith("teacher:")), key=miou.get)
     comparisons = [
-        (f"guided 2D / best single teacher ({best_teacher.label})", "fusion:guided", best_teacher.key),
+        (f"guided 2D / best single teacher ({best_teacher})", "fusion:guided", best_teacher),
         ("guided 2D / best of add, linear", "fusion:guided", max(("fusion:add", "fusion:linear"), key=miou.get)),
         ("+superpoint / pixel-point", "distill:superpoint", "distill:pixel_point"),
         ("+TESD / +superpoint", "distill:tesd", "distill:superpoint"),
         ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),
         ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
+        ("2D-3D ensemble / +TESD", "distill:ensemble", "distill:tesd"),
     ]
-    print("\n" + format_ratios(report, comparisons))
-    checks = sas_ordering(report)
-    print(f"  sas_ordering(): {sum(checks.values())}/{len(checks)} hold")
-    present = [c for c, p in zip(report.classes, report.present) if p]
-    print(f"\nScanNet20 classes present in the real labels ({len(present)}): {', '.join(present)}")
+    print("\n" + format_ratios(data, "in_place", comparisons))
+    print(f"\nScanNet20 classes present in the real labels ({len(split['classes_present'])}): {', '.join(split['classes_present'])}")
     print("\nwall-clock per stage (s):")
     for name, sec in timings.items():
         print(f"  {name:<45}{sec:8.1f}")
     print(f"  {'total':<45}{elapsed:8.1f}")
-    print(f"\nreport: {json_path}  {html_path}  (SIMULATED teachers)")
+    print(f"\nreport: {json_path}  {html_path}  (SIMULATED teachers)\n")
+    guided = miou["fusion:guided"]
+    for key, recipe in (("distill:pixel_point", "openscene"), ("distill:superpoint", "sas stage 1 (+superpoint)"),
+                        ("distill:tesd", "sas"), ("distill:ggsd", "ggsd")):
+        if key in miou:
+            lost = lost_classes(split, student=key)
+            print(f"in-place {recipe}: 3D {100 * miou[key]:.1f} vs guided 2D {100 * guided:.1f} ({100 * (miou[key] - guided):+.1f}), "
+                  f"lost classes: {', '.join(lost) if lost else 'none'}")
     return 0
 
 

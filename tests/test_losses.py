@@ -33,7 +33,7 @@ def test_superpoint_mean_and_loss():
 
 
 def test_sas_stage1_with_superpoint_broadcast_target():
-    # SAS (REFERENCE.md): L = (1 - cos(F3D, F2D_sp broadcast)) + (1 - cos(F3D_sp, F2D_sp))
+    # SAS Eq. 10 (official code): L = (1 - cos(F3D, F2D_sp broadcast)) + (1 - cos(F3D_sp, F2D_sp))
     f3d = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     f2d = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
     sp = torch.tensor([0, 0])
@@ -59,7 +59,7 @@ def test_tesd_pseudo_labels_and_loss_hand_computed():
     sp = torch.tensor([0, 0, 1])
     pt, ids, sp_lab = L.tesd_pseudo_labels(history, sp, text)
     assert ids.tolist() == [0, 1] and sp_lab.tolist() == [0, 1]
-    assert pt.tolist() == [0, 0, 1]  # broadcast from the superpoint (REFERENCE.md)
+    assert pt.tolist() == [0, 0, 1]  # broadcast from the superpoint (official SAS code)
     pt_own, _, _ = L.tesd_pseudo_labels(history, sp, text, point_label="point")
     assert pt_own.tolist() == [0, 1, 1]
 

@@ -136,7 +136,7 @@ def test_nuscenes_43_names_map_back_to_16():
 def test_predict_3d_tta_sums_rotated_passes(monkeypatch):
     calls = []
 
-    def fake_predict(model, points, voxel_size, device="cpu"):
+    def fake_predict(model, points, voxel_size, device="cpu", colors=None):
         calls.append(points.copy())
         # a rotation-invariant feature (distance to the centroid, z) so every pass agrees
         c = points - points.mean(axis=0)
@@ -154,6 +154,30 @@ def test_predict_3d_tta_sums_rotated_passes(monkeypatch):
         np.testing.assert_allclose(np.linalg.norm(p[:, :2] - pts[:, :2].mean(0), axis=1), np.linalg.norm(pts[:, :2] - pts[:, :2].mean(0), axis=1), atol=1e-4)
     assert not np.allclose(calls[2], pts)
     np.testing.assert_allclose(summed.numpy(), single.numpy(), atol=1e-5)  # invariant feature: sum of 5 units renormalised
+
+
+def test_predict_3d_tta_differs_from_one_pass_on_a_rotation_sensitive_feature(monkeypatch):
+    """A feature that depends on the x/y direction (as a real student's does) changes under the TTA
+    transforms: the TTA result must be the renormalised sum of the per-pass features computed by hand
+    from tta_rotations, and must differ from the single pass."""
+    from sas3d.evaluate.predict import tta_rotations
+
+    def directional(points: np.ndarray) -> torch.Tensor:
+        c = points - points.mean(axis=0)
+        f = torch.tensor(np.stack([np.tanh(c[:, 0]), np.tanh(c[:, 1]), np.ones(len(c))], axis=1), dtype=torch.float32)
+        return f / f.norm(dim=1, keepdim=True)
+
+    monkeypatch.setitem(sys.modules, "sas3d.models.inference", types.SimpleNamespace(
+        predict_point_features=lambda model, points, voxel_size, device="cpu", colors=None: directional(points)))
+    pts = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    single = predict_3d(None, pts, 0.05, tta=1)
+    summed = predict_3d(None, pts, 0.05, tta=4)
+    centre = pts.mean(axis=0, keepdims=True)
+    by_hand = sum(directional(pts if i == 0 else (pts - centre) @ r.T.astype(np.float32) + centre) for i, r in enumerate(tta_rotations(4)))
+    by_hand = by_hand / by_hand.norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(summed.numpy(), by_hand.numpy(), atol=1e-5)
+    assert float((summed - single).abs().max()) > 0.1  # TTA is not a single pass
+    np.testing.assert_allclose(single.numpy(), directional(pts).numpy(), atol=1e-6)
 
 
 def test_label_set_mapping_and_evaluator(tmp_path, monkeypatch):
@@ -183,7 +207,7 @@ def test_label_set_mapping_and_evaluator(tmp_path, monkeypatch):
     assert res.confusion[1, -1] == 1  # the unseen floor point: no prediction
 
     # distill with a stand-in 3D model output: everything "floor"
-    monkeypatch.setattr("sas3d.evaluate.predict.predict_3d", lambda model, pts, vs, tta=1, device="cpu": floor.repeat(len(pts), 1))
+    monkeypatch.setattr("sas3d.evaluate.predict.predict_3d", lambda model, pts, vs, tta=1, device="cpu", colors=None: floor.repeat(len(pts), 1))
     res3d = evaluate_scenes([scene], EvalConfig(mode="distill"), model=torch.nn.Identity(), text_encoder=enc)
     assert res3d.metrics["iou"][1] == pytest.approx(2 / 5)  # TP 2 / (2 + 3 FP)
     # ensemble: 3D floor vs fused; all equally confident (1.0) -> ties keep 3D except unseen anyway

@@ -46,7 +46,10 @@ def make_scene(root: Path, name: str, seed: int, text: torch.Tensor, fused_dir: 
     nyu = np.asarray(NYU40_TO_SCANNET20_IDS)[sc20]
     folder = root / name
     folder.mkdir(parents=True)
-    write_ply(folder / f"{name}_vh_clean_2.ply", pts, faces=faces)
+    # colours: a class tint plus noise (for data.input=rgb)
+    tint = np.array([[200, 200, 190], [120, 90, 60], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [60, 120, 200]])[np.minimum(sc20, 6)]
+    colors = np.clip(tint + rng.normal(0, 20, (len(pts), 3)), 0, 255).astype(np.uint8)
+    write_ply(folder / f"{name}_vh_clean_2.ply", pts, colors=colors, faces=faces)
     write_ply(folder / f"{name}_vh_clean_2.labels.ply", pts, faces=faces, vertex_props={"label": nyu.astype(np.int64)})
     feats = text[torch.from_numpy(sc20)] + 0.3 * torch.from_numpy(rng.normal(size=(len(pts), text.shape[1])).astype(np.float32))
     seen = torch.from_numpy(rng.random(len(pts)) < 0.85)
@@ -167,24 +170,50 @@ def test_cli_openscene_with_minilm_text_and_validation(tmp_path, capsys):
     assert f"{scenes[1].name}.safetensors" in capsys.readouterr().err
 
 
-def test_tesd_history_is_memory_mapped_ema_with_exact_snapshot(tmp_path):
+def test_tesd_history_ema_versions_and_exact_restore(tmp_path):
+    """H <- a*H + (1-a)*F per update, one file per version; a checkpoint pins a version, work after it
+    is discarded by restore, and a version is only ever deleted once it is neither pinned nor newest."""
     from sas3d.distill.history import TESDHistory
 
     hist = TESDHistory(tmp_path / "tesd", alpha=0.5, init="zeros")
     f1, f2 = torch.tensor([[2.0, 0.0], [0.0, 4.0]]), torch.tensor([[0.0, 2.0], [4.0, 0.0]])
-    hist.update("s", f1)
-    h = hist.update("s", f2)
+    hist.update("s", 0, f1)
+    h = hist.update("s", 1, f2)
     # zero init: H = 0.5 * (0.5 * 0 + 0.5 * f1) + 0.5 * f2
     assert torch.allclose(h, 0.25 * f1 + 0.5 * f2)
-    assert isinstance(hist.arrays["s"], np.memmap) and hist.updates["s"] == 2
-    hist.snapshot(tmp_path / "snap")
-    hist.update("s", f1)  # progress after the checkpoint is discarded by a restore
+    assert hist.versions("s") == [2]  # the version an update read is deleted (nothing pinned)
+    assert hist.commit({"s": 2, "never-updated": 0}) == {"s": 2}
+    hist.update("s", 2, f1)  # progress after the checkpoint ...
+    hist.update("s", 3, f2)
+    assert hist.versions("s") == [2, 4]  # ... keeps the pinned version, drops the intermediate one
     fresh = TESDHistory(tmp_path / "tesd", alpha=0.5, init="zeros")
-    fresh.restore(tmp_path / "snap", {"s": 2})
-    h3 = fresh.update("s", f1)
+    fresh.restore({"s": 2}, ["s"])  # ... and is discarded by a restore to the checkpoint
+    assert fresh.versions("s") == [2]
+    h3 = fresh.update("s", 2, f1)
     assert torch.allclose(h3, 0.5 * (0.25 * f1 + 0.5 * f2) + 0.5 * f1)
+    with pytest.raises(FileNotFoundError, match="cannot resume exactly"):
+        TESDHistory(tmp_path / "tesd", alpha=0.5).restore({"s": 7}, ["s"])
     first = TESDHistory(tmp_path / "tesd_first", alpha=0.9, init="first")
-    assert torch.allclose(first.update("s", f1), f1)
+    assert torch.allclose(first.update("s", 0, f1), f1)
+
+
+def test_tesd_labels_from_stored_class_scores_equal_labels_from_features():
+    """SAS Eq. 11-12 are linear in H: labelling the stored H.T (N, K) gives the labels of H (N, C)."""
+    from sas3d.distill import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1)
+    preds = [torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1) for _ in range(4)]
+    sp = torch.randint(0, 6, (40,), generator=g)
+    h = torch.zeros(40, 16)
+    hk = torch.zeros(40, 5)
+    for f in preds:
+        h = L.history_update(h, f, 0.9)
+        hk = L.history_update(hk, f @ text.T, 0.9)
+    for mode in ("superpoint", "point"):
+        a = L.tesd_pseudo_labels(h, sp, text, mode)
+        b = L.tesd_pseudo_labels(hk, sp, None, mode)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_predict_point_features_unit_rows_per_voxel():
@@ -209,16 +238,17 @@ def test_supervised_reference_recipe_uses_ground_truth_only(dataset, tmp_path):
     """`supervised`: CE on ground-truth labels, no fused-feature loss; the labels reach the batch."""
     import shutil
 
-    from sas3d.distill.data import build_batch, load_scene_data
+    from sas3d.distill.batching import build_batch
+    from sas3d.distill.data import load_scene_data
     from sas3d.errors import InputError
 
     cfg = _cfg(dataset, "supervised", epochs=2)
     assert cfg.loss.labels == 1.0 and cfg.loss.point == 0 and cfg.loss.superpoint == 0 and cfg.stage1_epochs == 2
     scene = load_scene_data(dataset["scenes"][0], dataset["fused"], cfg.data, dataset["sp_cache"])
-    batch = build_batch([scene], cfg.data, np.random.default_rng(0), train=False, num_classes=20)
-    rep = batch.slices[0].voxel_to_point[batch.label_index.numpy()]
-    assert len(rep) and np.array_equal(batch.label_target.numpy(), scene.labels[rep])  # the voxels' own labels
-    assert set(batch.label_target.tolist()) == {0, 1, 6}  # wall, floor, table of the fixture
+    part = build_batch([scene], [0], cfg.data, [np.random.default_rng(0)], train=False, num_classes=20).parts[0]
+    rep = part.voxel_to_point[part.label_rows.numpy()]
+    assert len(rep) and np.array_equal(part.label_target.numpy(), scene.labels[rep])  # the voxels' own labels
+    assert set(part.label_target.tolist()) == {0, 1, 6}  # wall, floor, table of the fixture
 
     result = _train(dataset, tmp_path / "sup", cfg)
     rows = list(csv.DictReader(open(tmp_path / "sup" / "metrics.csv")))
@@ -256,7 +286,7 @@ def test_resume_accepts_a_run_from_before_a_config_field_was_added(dataset, tmp_
 
 def test_ema_teacher_averages_weights_and_batchnorm_statistics():
     """t <- m*t + (1-m)*s for parameters and BatchNorm running statistics; batch counters are copied."""
-    from sas3d.distill.history import EMATeacher
+    from sas3d.distill.strategies import EMATeacher
 
     student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     teacher = EMATeacher(student, momentum=0.75)

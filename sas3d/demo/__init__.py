@@ -1,1 +1,1 @@
-"""The embedded default: procedurally generated rooms and the end-to-end demo pipeline."""
+"""The embedded default: procedurally generated rooms, their camera paths and label renders."""

@@ -1,6 +1,7 @@
 """Typed training config for distilling fused 2D features into the 3D student.
 
-Defaults are the paper / reference-code values (REFERENCE.md "Distillation"); the YAML recipes
+Defaults are the paper / reference-code values (SAS 3.4-3.5 and the supplement, GGSD 3.3-4.1,
+the OpenScene code); the YAML recipes
 ``sas3d/configs/{openscene,ggsd,sas}.yaml`` select the method and override what differs; the
 command line overrides the recipe (``--set optim.lr=1e-3``, ``--epochs 10``).
 """
@@ -18,6 +19,9 @@ from sas3d.geometry.superpoints import SuperpointConfig
 
 SELF_DISTILL = ("none", "tesd", "ggsd")
 POINT_TARGETS = ("fused", "superpoint")
+BALANCE = ("none", "class", "superpoint", "cluster")
+INPUTS = ("ones", "rgb")
+SAMPLING = ("uniform", "class")
 
 
 @dataclass
@@ -25,7 +29,7 @@ class ModelConfig:
     """Which 3D student to build (``sas3d.models.registry.build_model``)."""
 
     name: str = "minkunet18a"  # OpenScene / GGSD / SAS: MinkUNet18A
-    in_channels: int = 1  # SAS supp.: input features are constant ones, no colour
+    in_channels: int | None = None  # None: what data.input feeds (SAS supp.: constant ones, 1 channel; rgb: 3)
     out_channels: int | None = None  # None: the width of the fused features (= text space)
     options: dict[str, Any] = field(default_factory=dict)  # extra build_model keyword arguments
 
@@ -35,7 +39,15 @@ class DataConfig:
     """Voxelisation, supervision subsampling and augmentation of the training scenes."""
 
     voxel_size: float = 0.02  # OpenScene/SAS: 2 cm indoor; the nuScenes recipe uses 0.05
+    # What the student sees per voxel. "ones" (SAS supp., OpenScene): geometry only. "rgb": the mean
+    # colour of the voxel's points, scaled to [-1, 1]; needs scenes with colour, and inference feeds the
+    # same (the checkpoint records it).
+    input: str = "ones"
     max_voxels: int = 20000  # SAS/OpenScene code: at most 20k supervised voxels per scene and step
+    # How the max_voxels supervised voxels are drawn: "uniform" (OpenScene/SAS code) or "class": each
+    # class of the fused targets (argmax over the label set's text) gets an equal share, so small
+    # classes are not starved by the subsampling.
+    sampling: str = "uniform"
     augment: bool = True  # training-time augmentation (OpenScene code: on)
     in_memory: bool = True  # keep fused features in memory; false re-reads them each step (big datasets)
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
@@ -62,6 +74,7 @@ class ScheduleConfig:
     epochs: int = 100  # SAS / GGSD / OpenScene
     stage1_fraction: float = 0.7  # SAS / GGSD: 70 distillation epochs, then 30 with self-distillation
     val_every: int = 1  # validate every N epochs (and after the last) when validation scenes are given
+    checkpoint_every: int = 1  # write a checkpoint every N epochs (and after the last; --resume restarts from it)
     keep_checkpoints: int = 0  # per-epoch checkpoints to keep, newest first; 0 keeps all (last.safetensors always)
 
 
@@ -71,17 +84,25 @@ class LossConfig:
 
     Stage 1: ``point * (1 - cos(F3D, target)) + superpoint * (1 - cos(mean_sp F3D, mean_sp F2D))``,
     where ``target`` is the point's fused feature (``point_target: fused``; OpenScene, GGSD) or its
-    superpoint's mean fused feature (``superpoint``; SAS per REFERENCE.md). Stage 2 adds
+    superpoint's mean fused feature (``superpoint``; SAS Eq. 10 as the official SAS code computes it). Stage 2 adds
     ``self_weight *`` the self-distillation loss (``self_distill``); SAS 3.5 keeps the stage-1 loss in
     stage 2 ("both superpoint distillation and TESD"), which ``distill_in_stage2`` controls.
     """
 
     point: float = 1.0  # OpenScene / GGSD / SAS: unit weight
     superpoint: float = 1.0  # GGSD Eq. 4 / SAS Eq. 10: L_p + L_sp
-    point_target: str = "superpoint"  # SAS (REFERENCE.md): F2D broadcast from its superpoint mean
+    point_target: str = "superpoint"  # SAS Eq. 10, official code: F2D broadcast from its superpoint mean
     self_distill: str = "tesd"  # none | tesd | ggsd
     self_weight: float = 1.0  # SAS Eq. 13 / GGSD: unit weight
     distill_in_stage2: bool = True  # SAS 3.5: stage 2 uses superpoint distillation and TESD together
+    # Per-scene weighting of every loss term (pixel-point, superpoint, TESD / GGSD pseudo-label CE).
+    # "none" (the papers): every supervised voxel (superpoint) counts alike, so the large classes
+    # decide. "class": every class present counts alike (class of a voxel = argmax of its target over
+    # the label set's text features; of a pseudo-label term = the pseudo-label). "superpoint": every
+    # superpoint counts alike. "cluster": as "class", but over k-means clusters of the scene's fused
+    # features (balance_clusters of them), so it needs no label set (open-vocabulary use).
+    balance: str = "none"
+    balance_clusters: int = 20  # k of the k-means behind balance=cluster (ScanNet20 has 20 classes)
     # Fully-supervised reference (the `supervised` recipe, not a distillation method): weight of a CE
     # on ground-truth labels, so a table can show what the same student and budget reach with
     # perfect labels. 0 in every distillation recipe.
@@ -94,7 +115,7 @@ class TESDConfig:
     """Temporal-ensembling self-distillation (SAS 3.4)."""
 
     alpha: float = 0.9999  # SAS code: H <- a*H + (1-a)*F3D
-    # The paper/REFERENCE give no temperature for TESD. Logits are cosines in [-1, 1]: at 1.0 the
+    # Neither the SAS paper nor its code gives a temperature for TESD. Logits are cosines in [-1, 1]: at 1.0 the
     # softmax over ~20 classes is almost flat and the CE barely separates classes, so we use the
     # GGSD/CLIP value 0.01 (CLIP's logit scale 100), which the same text space was trained with.
     temperature: float = 0.01
@@ -103,7 +124,7 @@ class TESDConfig:
     # bias-corrected EMA's. "first": H = the first stage-2 prediction; at a = 0.9999 H then hardly moves
     # from it. We default to "zeros" because it is the temporal ensemble the paper describes.
     init: str = "zeros"
-    # REFERENCE.md: pseudo-labels come from the superpoint mean of H, for points and superpoints
+    # Official SAS code: pseudo-labels come from the superpoint mean of H, for points and superpoints
     # ("superpoint"); "point" labels each point from its own H row instead (one reading of Eq. 12).
     point_label: str = "superpoint"
 
@@ -125,6 +146,19 @@ class TextConfig:
 
 
 @dataclass
+class EngineConfig:
+    """How the work is spread over the machine. Changing these changes speed, not results (up to float
+    rounding), so ``--resume`` accepts different values."""
+
+    # CPU data-parallel ranks that `sas3d train` starts itself (gloo, one process per rank; torchrun
+    # sets WORLD_SIZE instead). 0: one per CPU core, at most one per training scene.
+    procs: int = 1
+    threads: int = 0  # torch intra-op threads per rank; 0: the CPU cores divided by the ranks
+    loader_workers: int = 1  # processes building batches ahead of the step (0: in the training loop)
+    prefetch: int = 2  # batches each loader worker prepares ahead
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs; stored resolved as ``<run>/config.yaml`` and in checkpoints."""
 
@@ -137,6 +171,7 @@ class TrainConfig:
     tesd: TESDConfig = field(default_factory=TESDConfig)
     ggsd: GGSDConfig = field(default_factory=GGSDConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
     device: str = "cpu"
     deterministic: bool = True  # torch.use_deterministic_algorithms where the backend allows it
@@ -166,6 +201,21 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"tesd.init must be 'zeros' or 'first', got {cfg.tesd.init!r}")
     if cfg.tesd.point_label not in ("superpoint", "point"):
         raise ConfigError(f"tesd.point_label must be 'superpoint' or 'point', got {cfg.tesd.point_label!r}")
+    for name, value, allowed in (("loss.balance", cfg.loss.balance, BALANCE), ("data.input", cfg.data.input, INPUTS),
+                                 ("data.sampling", cfg.data.sampling, SAMPLING)):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    expected_in = 3 if cfg.data.input == "rgb" else 1
+    if cfg.model.in_channels is None:
+        cfg.model.in_channels = expected_in
+    if cfg.model.in_channels != expected_in:
+        raise ConfigError(f"data.input={cfg.data.input} feeds {expected_in} channel(s) per voxel but model.in_channels={cfg.model.in_channels}")
+    if cfg.loss.balance_clusters < 2:
+        raise ConfigError(f"loss.balance_clusters must be >= 2, got {cfg.loss.balance_clusters}")
+    if cfg.schedule.val_every < 1 or cfg.schedule.checkpoint_every < 1:
+        raise ConfigError("schedule.val_every and schedule.checkpoint_every must be >= 1")
+    if cfg.engine.procs < 0 or cfg.engine.threads < 0 or cfg.engine.loader_workers < 0 or cfg.engine.prefetch < 1:
+        raise ConfigError("engine.procs, engine.threads and engine.loader_workers must be >= 0, engine.prefetch >= 1")
     if cfg.optim.decay_per not in ("step", "epoch"):
         raise ConfigError(f"optim.decay_per must be 'step' or 'epoch', got {cfg.optim.decay_per!r}")
     if cfg.schedule.epochs < 1 or cfg.optim.batch_size < 1 or cfg.data.max_voxels < 1:

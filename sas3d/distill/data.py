@@ -1,10 +1,10 @@
-"""Training data for distillation: scenes held in memory, voxelised (and augmented) per step.
+"""Training scenes for distillation: points, fused 2D features, superpoints, held in memory.
 
-Per scene we keep the points, the fused 2D features (fp16) with their ``seen`` mask, consecutive
-superpoint ids and each superpoint's mean fused feature (the features can instead be re-read per
-step, ``data.in_memory: false``). A step voxelises the (augmented) points,
-gives each voxel the mean fused feature of its seen points and the superpoint of its
-representative point, and draws at most ``max_voxels`` supervised voxels per scene.
+Per scene we keep the points (and colours, for ``data.input: rgb``), the fused 2D features (fp16)
+with their ``seen`` mask, consecutive superpoint ids, each superpoint's mean fused feature and the
+group each superpoint target falls in (its class over the label set's text features, or its k-means
+cluster for ``loss.balance: cluster``). The features can instead be re-read per step
+(``data.in_memory: false``). Batches are built from these by :mod:`sas3d.distill.batching`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import torch
 
 from sas3d.distill.config import DataConfig
 from sas3d.errors import InputError
-from sas3d.geometry.augment import augment
 from sas3d.geometry.superpoints import scene_superpoints
-from sas3d.geometry.voxel import batch_coords, voxelize
 from sas3d.scene.types import Scene
 
 
@@ -40,6 +38,9 @@ class SceneData:
     fused_path: Path | None = None
     labels: np.ndarray | None = None  # (N,) ground truth: validation, and the supervised reference recipe
     teachers: tuple[str, ...] = ()  # teacher names recorded in the fused file (e.g. "simulated-lseg")
+    colors: np.ndarray | None = None  # (N, 3) uint8, for data.input=rgb
+    sp_group: np.ndarray | None = None  # (S,) int64 group (class / cluster) of each superpoint target
+    group_basis: torch.Tensor | None = None  # (G, C) unit rows that define the groups (text rows or centroids)
 
     @property
     def num_points(self) -> int:
@@ -58,6 +59,11 @@ class SceneData:
         assert self.fused_path is not None
         features = PointFeatures.load(self.fused_path).features.to(torch.float16)
         return features, superpoint_targets(features, self.seen, self.superpoints)[0]
+
+    def groups_of(self, targets: torch.Tensor) -> torch.Tensor:
+        """(M,) group of each target row: argmax of its cosine to the group basis."""
+        assert self.group_basis is not None, "no group basis: loss.balance/data.sampling need one"
+        return (torch.nn.functional.normalize(targets.float(), dim=1, eps=1e-8) @ self.group_basis.T).argmax(dim=1)
 
 
 def read_scene_list(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -88,8 +94,35 @@ def superpoint_targets(features: torch.Tensor, seen: np.ndarray, superpoints: np
     return sums, has.numpy()
 
 
-def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfig, cache: Path | None) -> SceneData:
-    """Load a scene, its fused features ``<fused_dir>/<scene.name>.safetensors`` and its superpoints."""
+def kmeans_basis(targets: torch.Tensor, weights: torch.Tensor, k: int, seed: int, iterations: int = 20) -> torch.Tensor:
+    """Spherical k-means (k-means++ seeding, cosine assignment) of weighted unit target rows -> (k', C)
+    unit centroids, k' <= k (fewer when there are fewer distinct targets). Deterministic for a seed."""
+    x = torch.nn.functional.normalize(targets.float(), dim=1, eps=1e-8)
+    w = weights.float()
+    k = max(1, min(k, int(x.shape[0])))
+    gen = torch.Generator().manual_seed(seed)
+    centres = [x[int(torch.multinomial(w, 1, generator=gen))]]
+    for _ in range(1, k):
+        dist = (1.0 - (x @ torch.stack(centres).T).max(dim=1).values).clamp_min(0) * w
+        if float(dist.sum()) <= 1e-12:
+            break
+        centres.append(x[int(torch.multinomial(dist, 1, generator=gen))])
+    c = torch.stack(centres)
+    for _ in range(iterations):
+        assign = (x @ c.T).argmax(dim=1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x * w.unsqueeze(1))
+        keep = sums.norm(dim=1) > 0
+        c = torch.where(keep.unsqueeze(1), torch.nn.functional.normalize(sums, dim=1, eps=1e-8), c)
+    return c
+
+
+def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfig, cache: Path | None, *,
+                    class_text: torch.Tensor | None = None, clusters: int = 0, seed: int = 0) -> SceneData:
+    """Load a scene, its fused features ``<fused_dir>/<scene.name>.safetensors`` and its superpoints.
+
+    ``class_text`` (K, C) unit rows: superpoint targets are grouped by class. ``clusters > 0`` groups
+    them by k-means clusters of the scene's targets instead (no label set needed).
+    """
     from sas3d import load_scene
     from sas3d.fusion.features import PointFeatures
 
@@ -102,6 +135,8 @@ def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfi
         raise InputError(fused_path, f"has {fused.num_points} points but scene {scene.name!r} has {scene.num_points}")
     if not bool(fused.seen.any()):
         raise InputError(fused_path, "no point has a fused feature (seen is all False)")
+    if cfg.input == "rgb" and scene.colors is None:
+        raise InputError(scene.source, f"data.input=rgb but scene {scene.name!r} has no point colours")
     if scene.superpoints is not None:
         sp = np.asarray(scene.superpoints, dtype=np.int64)
     else:
@@ -111,7 +146,13 @@ def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfi
     seen = fused.seen.numpy().astype(bool)
     features = fused.features.to(torch.float16)
     sp_target, has = superpoint_targets(features, seen, sp)
-    return SceneData(
+    basis = None
+    if clusters > 0:
+        sizes = torch.from_numpy(np.bincount(sp[seen], minlength=len(has)).astype(np.float32))
+        basis = kmeans_basis(sp_target[torch.from_numpy(has)], sizes[torch.from_numpy(has)], clusters, seed)
+    elif class_text is not None:
+        basis = torch.nn.functional.normalize(class_text.float(), dim=1, eps=1e-8)
+    data = SceneData(
         name=scene.name,
         points=np.asarray(scene.points, dtype=np.float32),
         seen=seen,
@@ -123,106 +164,9 @@ def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfi
         fused_path=fused_path,
         labels=None if scene.labels is None else np.asarray(scene.labels, dtype=np.int64),
         teachers=tuple(str(t) for t in fused.metadata.get("teachers", ())),
+        colors=None if scene.colors is None else np.asarray(scene.colors, dtype=np.uint8),
+        group_basis=basis,
     )
-
-
-@dataclass
-class SceneSlice:
-    """Where one scene of a batch sits among the batch's voxels."""
-
-    scene: SceneData
-    start: int  # first voxel row of this scene in the batch
-    point_to_voxel: np.ndarray  # (N,) local voxel of every point
-    voxel_superpoint: np.ndarray  # (M_i,) local superpoint id of every voxel
-    voxel_to_point: np.ndarray  # (M_i,) representative point of every voxel
-    sp_offset: int  # added to local superpoint ids to make them unique in the batch
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.voxel_to_point.shape[0])
-
-
-@dataclass
-class Batch:
-    """Network input plus the supervision of one training step."""
-
-    coords: torch.Tensor  # (M, 4) int32 [batch, x, y, z]
-    features: torch.Tensor  # (M, 1) ones
-    batch_size: int
-    slices: list[SceneSlice]
-    distill_index: torch.Tensor  # (Md,) voxel rows supervised by fused features
-    distill_target: torch.Tensor  # (Md, C) voxel mean fused feature
-    distill_sp_target: torch.Tensor  # (Md, C) the voxel superpoint's mean fused feature
-    distill_sp: torch.Tensor  # (Md,) batch-unique superpoint ids
-    self_index: torch.Tensor  # (Ms,) voxel rows used by self-distillation
-    voxel_sp: torch.Tensor  # (M,) batch-unique superpoint id of every voxel
-    label_index: torch.Tensor  # (Ml,) voxel rows with a ground-truth label (only when asked for)
-    label_target: torch.Tensor  # (Ml,) their class ids
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.coords.shape[0])
-
-
-def _subsample(candidates: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    if len(candidates) <= limit:
-        return candidates
-    return np.sort(rng.choice(candidates, size=limit, replace=False))
-
-
-def build_batch(scenes: Sequence[SceneData], cfg: DataConfig, rng: np.random.Generator, train: bool = True,
-                num_classes: int = 0) -> Batch:
-    """Voxelise (augmenting when ``train``) a list of scenes into one network batch with its targets.
-
-    ``num_classes > 0`` also draws up to ``max_voxels`` voxels per scene whose representative point
-    has a ground-truth label below ``num_classes`` (the supervised reference recipe).
-    """
-    coords, slices = [], []
-    d_index, d_target, d_sp_target, d_sp, s_index, v_sp, l_index, l_target = [], [], [], [], [], [], [], []
-    start = sp_offset = 0
-    for scene in scenes:
-        pts = augment(scene.points, rng, cfg.augmentation) if (train and cfg.augment) else scene.points
-        vox = voxelize(pts, cfg.voxel_size)
-        m = vox.num_voxels
-        features, sp_target = scene.fused()
-        # mean fused feature of the seen points of each voxel
-        seen_idx = np.flatnonzero(scene.seen)
-        vid = torch.from_numpy(vox.point_to_voxel[seen_idx])
-        sums = torch.zeros((m, scene.dim), dtype=torch.float32).index_add_(0, vid, features[seen_idx].float())
-        counts = torch.bincount(vid, minlength=m)
-        voxel_sp = scene.superpoints[vox.voxel_to_point]
-        supervised = (counts.numpy() > 0) & scene.sp_has_target[voxel_sp]
-        chosen = _subsample(np.flatnonzero(supervised), cfg.max_voxels, rng)
-        chosen_t = torch.from_numpy(chosen)
-        d_index.append(chosen_t + start)
-        d_target.append(sums[chosen_t] / counts[chosen_t].unsqueeze(1).float())
-        d_sp_target.append(sp_target[torch.from_numpy(voxel_sp[chosen])])
-        d_sp.append(torch.from_numpy(voxel_sp[chosen] + sp_offset))
-        s_index.append(torch.from_numpy(_subsample(np.arange(m), cfg.max_voxels, rng)) + start)
-        v_sp.append(torch.from_numpy(voxel_sp + sp_offset))
-        if num_classes > 0:
-            if scene.labels is None:
-                raise InputError(scene.fused_path, f"scene {scene.name!r} has no ground-truth labels, which supervised training needs")
-            voxel_label = scene.labels[vox.voxel_to_point]
-            labelled = _subsample(np.flatnonzero((voxel_label >= 0) & (voxel_label < num_classes)), cfg.max_voxels, rng)
-            l_index.append(torch.from_numpy(labelled) + start)
-            l_target.append(torch.from_numpy(voxel_label[labelled]))
-        coords.append(vox.coords)
-        slices.append(SceneSlice(scene, start, vox.point_to_voxel, voxel_sp, vox.voxel_to_point, sp_offset))
-        start += m
-        sp_offset += scene.num_superpoints
-    coords_t = torch.from_numpy(batch_coords(coords))
-    return Batch(
-        coords=coords_t,
-        features=torch.ones((coords_t.shape[0], 1), dtype=torch.float32),
-        batch_size=len(scenes),
-        slices=slices,
-        distill_index=torch.cat(d_index).long(),
-        distill_target=torch.cat(d_target),
-        distill_sp_target=torch.cat(d_sp_target),
-        distill_sp=torch.cat(d_sp).long(),
-        self_index=torch.cat(s_index).long(),
-        voxel_sp=torch.cat(v_sp).long(),
-        label_index=torch.cat(l_index).long() if l_index else torch.zeros(0, dtype=torch.long),
-        label_target=torch.cat(l_target).long() if l_target else torch.zeros(0, dtype=torch.long),
-    )
+    if basis is not None:
+        data.sp_group = data.groups_of(sp_target).numpy()
+    return data

@@ -126,10 +126,14 @@ def evaluate_scenes(
     voxel_size: float | None = None,
     fused_dir: str | Path | None = None,
     text_encoder: Any = None,
+    class_text: Any = None,
+    progress: bool = True,
 ) -> EvalResult:
     """Evaluate scenes (or zero-argument loaders, so only one scene is in memory at a time).
 
-    ``model`` is needed for distill/ensemble, ``fused_dir`` for fusion/ensemble.
+    ``model`` is needed for distill/ensemble, ``fused_dir`` for fusion/ensemble. ``class_text``: a
+    ready :class:`~sas3d.evaluate.predict.ClassText` (e.g. the trainer's) instead of encoding the
+    label set with ``text_encoder``.
     """
     from tqdm import tqdm
 
@@ -144,19 +148,22 @@ def evaluate_scenes(
     if cfg.mode != "distill" and fused_dir is None:
         raise InputError(None, f"mode {cfg.mode} needs --fused DIR with the fused 2D features")
     ls = get_label_set(cfg.labelset)
-    encoder = text_encoder or build_text_encoder(cfg.text_encoder, device=cfg.device)
-    ct = build_class_text(ls, encoder, nuscenes_details=cfg.nuscenes_details)
+    if class_text is not None:
+        ct = class_text
+    else:
+        encoder = text_encoder or build_text_encoder(cfg.text_encoder, device=cfg.device)
+        ct = build_class_text(ls, encoder, nuscenes_details=cfg.nuscenes_details)
     k = len(ls)
     conf = np.zeros((k, k + 1), dtype=np.int64)
     per_scene = []
-    for item in tqdm(scenes, desc=f"eval {cfg.mode}", unit="scene"):
+    for item in tqdm(scenes, desc=f"eval {cfg.mode}", unit="scene", **({} if progress else {"disable": True})):
         scene = item() if callable(item) else item
         gt = ground_truth(scene, ls)
         fused = feat3d = None
         if cfg.mode != "fusion":
             assert model is not None
             vs = float(cfg.voxel_size or voxel_size or DEFAULT_VOXEL_SIZE)
-            feat3d = predict_3d(model, scene.points, vs, tta=cfg.tta, device=cfg.device)
+            feat3d = predict_3d(model, scene.points, vs, tta=cfg.tta, device=cfg.device, colors=scene.colors)
             _check_dim(feat3d.shape[1], ct, f"3D model output for {scene.name}", scene.source)
         if cfg.mode != "distill":
             path = find_fused_file(Path(fused_dir), scene.name)  # type: ignore[arg-type]

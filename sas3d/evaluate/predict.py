@@ -141,8 +141,11 @@ def tta_rotations(n: int) -> list[np.ndarray]:
     return mats
 
 
-def predict_3d(model: torch.nn.Module, points: np.ndarray, voxel_size: float, tta: int = 1, device: str = "cpu") -> torch.Tensor:
+def predict_3d(model: torch.nn.Module, points: np.ndarray, voxel_size: float, tta: int = 1, device: str = "cpu",
+               colors: np.ndarray | None = None) -> torch.Tensor:
     """(N, C) unit-row 3D-model features, summed over ``tta`` transformed passes (OpenScene sums 5).
+
+    ``colors`` (N, 3) uint8: the scene's point colours, fed to a student trained on RGB input.
 
     Summing unit features and re-normalising gives the same argmax as summing the per-pass cosine
     scores, because the text rows are fixed.
@@ -158,7 +161,7 @@ def predict_3d(model: torch.nn.Module, points: np.ndarray, voxel_size: float, tt
     for i, rot in enumerate(tqdm(mats, desc="3D passes", disable=len(mats) == 1, leave=False)):
         # pass 0 uses the points untouched, so tta=1 is exactly the plain prediction
         p = points if i == 0 else ((points - centre) @ rot.T.astype(np.float32)) + centre
-        f = predict_point_features(model, p, voxel_size, device=device).float().cpu()
+        f = predict_point_features(model, p, voxel_size, device=device, colors=colors).float().cpu()
         total = f if total is None else total + f
     assert total is not None
     return _unit(total)

@@ -76,7 +76,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if "name" not in spec:
         raise InputError(path, "not a sas3d model checkpoint (metadata has no 'model' entry)")
     name = spec.pop("name")
+    input_mode = spec.pop("input", "ones")  # what the student sees per voxel (sas3d.models.inputs)
     model = build_model(name, **spec)
+    from sas3d.models.inputs import set_model_input
+
+    set_model_input(model, input_mode)
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights, strict=True)

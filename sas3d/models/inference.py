@@ -7,15 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from sas3d.geometry.voxel import batch_coords, voxelize
+from sas3d.models.inputs import model_input, voxel_input
 
 
 @torch.no_grad()
-def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_size: float, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(N, 3) points -> (N, C) float32 unit-length features on the CPU.
+def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_size: float, device: str | torch.device = "cpu",
+                           colors: np.ndarray | None = None) -> torch.Tensor:
+    """(N, 3) points (+ (N, 3) uint8 ``colors`` for a student trained on RGB) -> (N, C) float32
+    unit-length features on the CPU.
 
-    Voxelises the points, feeds constant-ones voxel features (the student sees geometry only),
-    copies each voxel's output to its points and L2-normalises the rows. The model is put in
-    eval mode (BatchNorm running statistics) and restored to its previous mode afterwards.
+    Voxelises the points, feeds the voxel input the student was trained with (constant ones, or the
+    voxels' mean colour; see :mod:`sas3d.models.inputs`), copies each voxel's output to its points and
+    L2-normalises the rows. The model is put in eval mode (BatchNorm running statistics) and restored
+    to its previous mode afterwards.
     """
     pts = np.asarray(points, dtype=np.float32)
     vox = voxelize(pts, voxel_size)
@@ -23,8 +27,7 @@ def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_siz
         out_dim = int(getattr(model, "out_channels", 0))
         return torch.zeros((0, out_dim), dtype=torch.float32)
     coords = torch.from_numpy(batch_coords([vox.coords])).to(device)
-    in_channels = int(getattr(model, "in_channels", 1))
-    feats = torch.ones((coords.shape[0], in_channels), dtype=torch.float32, device=device)
+    feats = voxel_input(model_input(model), colors, vox.point_to_voxel, vox.num_voxels).to(device)
     was_training = model.training
     model.eval()
     try:

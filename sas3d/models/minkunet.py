@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-import spconv.pytorch as spconv
 from sas3d.models.registry import register
-from sas3d.models.spconv_compat import cpu_single_thread, ensure_spconv_cpu_backward
+from sas3d.models.spconv_compat import ensure_spconv_cpu_backward, import_spconv
 
+spconv = import_spconv()
 ensure_spconv_cpu_backward()
 
 PLANES = (32, 64, 128, 256, 128, 128, 96, 96)  # MinkowskiEngine MinkUNet18A
@@ -102,7 +102,7 @@ class MinkUNet18A(nn.Module):
             self.up_bn.append(nn.BatchNorm1d(cout, momentum=BN_MOMENTUM))
             self.dec.append(_Stage(cout + skip_dims[lvl], cout, layers[4 + i], f"subm{lvl}" if lvl else "subm0"))
             c = cout
-        self.head = nn.Linear(c, out_channels, bias=False)  # no bias: REFERENCE.md
+        self.head = nn.Linear(c, out_channels, bias=False)  # no bias, as OpenScene's MinkUNet18A final 1x1 conv
 
     @staticmethod
     def spatial_shape(voxel_coords: torch.Tensor) -> list[int]:
@@ -120,8 +120,7 @@ class MinkUNet18A(nn.Module):
         coords = voxel_coords.to(device=voxel_features.device, dtype=torch.int32).contiguous()
         if coords.shape[0] and int(coords.min()) < 0:
             raise ValueError("voxel coordinates must be non-negative")
-        with cpu_single_thread(not voxel_features.is_cuda):
-            return self._forward(voxel_features.float(), coords, int(batch_size))
+        return self._forward(voxel_features.float(), coords, int(batch_size))
 
     def _forward(self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
         x = spconv.SparseConvTensor(voxel_features, coords, self.spatial_shape(coords), batch_size)

@@ -1,31 +1,66 @@
-"""Make spconv 2.3.x usable (and correct) for CPU training.
+"""Make spconv 2.3.x usable, correct and multi-threaded for CPU training.
 
-spconv's backward (and a few hash ops) ask ``torch.cuda.current_stream()`` for a stream
-handle even for CPU tensors, which raises on a CPU-only torch. On CPU the C++ kernels ignore
-the stream, so handing them 0 is what they would get on the default stream anyway.
+Two problems of spconv's CPU path, both fixed by :func:`ensure_spconv_cpu_backward`:
+
+1. Its backward (and a few hash ops) ask ``torch.cuda.current_stream()`` for a stream handle even
+   for CPU tensors, which raises on a CPU-only torch. On CPU the C++ kernels ignore the stream, so
+   handing them 0 is what they would get on the default stream anyway.
+2. Its CPU convolution is gather -> ``torch.mm`` -> ``SpconvOps.scatter_add_cpu`` per kernel offset
+   (``spconv/pytorch/ops.py``, ``indice_conv`` / ``indice_conv_backward``). ``scatter_add_cpu``
+   races when torch runs more than one intra-op thread: with 2 threads a MinkUNet forward differed
+   from the 1-thread result by up to 10-25 % of the activation scale, differently on every run
+   (measured; ``tests/test_models.py::test_spconv_cpu_is_race_free_with_threads``). Replacing only
+   that op by torch's ``index_add_`` (same arithmetic: add each gathered row into its output row)
+   makes the multi-threaded result deterministic and equal to the 1-thread one up to float rounding
+   of the threaded matrix products; replacing the gather instead does not help. So CPU training
+   can use every core.
+
+spconv is an optional dependency: ``pip install sas3d[cpu]`` installs the CPU build, ``sas3d[cu12]``
+the CUDA 12 build; both provide the ``spconv`` module. :func:`import_spconv` says which to install.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from typing import Iterator
+from types import ModuleType
 
 _PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash")
+INSTALL_HINT = ("the 3D student needs spconv: `pip install sas3d[cpu]` on a CPU-only machine, "
+                "`pip install sas3d[cu12]` with CUDA 12 (spconv-cu120); never both")
+
+
+def import_spconv() -> ModuleType:
+    """``spconv.pytorch``, or an ImportError saying which extra to install."""
+    try:
+        return importlib.import_module("spconv.pytorch")
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
 
 
 def _null_stream() -> int:
     return 0
 
 
-def ensure_spconv_cpu_backward() -> bool:
-    """Patch ``get_current_stream`` in spconv's modules when CUDA is unavailable.
-
-    Idempotent; returns True when the patch is (now) in place, False when CUDA is available
-    and nothing needed changing.
-    """
+def _scatter_add_cpu(out, buffer, indices) -> None:
+    """Race-free replacement of ``SpconvOps.scatter_add_cpu(out, buffer, indices)``:
+    ``out[indices[i]] += buffer[i]`` for the first ``len(indices)`` rows of ``buffer``."""
     import torch
 
+    index = torch.from_numpy(indices.numpy_view()).long()
+    target = torch.from_numpy(out.numpy_view())
+    rows = torch.from_numpy(buffer.numpy_view())[: index.shape[0]]
+    target.index_add_(0, index, rows)
+
+
+def ensure_spconv_cpu_backward() -> bool:
+    """Install both CPU fixes (idempotent). Returns True when the stream patch is in place, False when
+    CUDA is available (the stream patch is then not needed; the race-free scatter is installed anyway
+    because CPU tensors may still be used)."""
+    import torch
+
+    spconv_ops = importlib.import_module("spconv.pytorch.ops")
+    if spconv_ops.SpconvOps.scatter_add_cpu is not _scatter_add_cpu:
+        spconv_ops.SpconvOps.scatter_add_cpu = staticmethod(_scatter_add_cpu)
     if torch.cuda.is_available():
         return False
     for name in _PATCHED_MODULES:
@@ -34,24 +69,3 @@ def ensure_spconv_cpu_backward() -> bool:
         if getattr(module, "get_current_stream", None) is not _null_stream:
             module.get_current_stream = _null_stream
     return True
-
-
-@contextlib.contextmanager
-def cpu_single_thread(enabled: bool = True) -> Iterator[None]:
-    """Run torch (and so spconv's CPU kernels) on one thread inside the block.
-
-    spconv 2.3.8's CPU convolution occasionally returns wrong values (up to ~10% of the
-    activation scale, run to run) when torch uses more than one thread; with one thread it is
-    deterministic. Wrap CPU forward *and* backward of sparse models in this.
-    """
-    import torch
-
-    if not enabled or torch.get_num_threads() == 1:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

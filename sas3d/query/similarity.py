@@ -111,7 +111,7 @@ def load_point_features(
         model, metadata, _ = load_checkpoint(path)
         vs = float(voxel_size or metadata_value(metadata, "voxel_size") or DEFAULT_VOXEL_SIZE)
         model = model.to(device).eval()
-        feats = predict_3d(model, scene.points, vs, tta=tta, device=device)
+        feats = predict_3d(model, scene.points, vs, tta=tta, device=device, colors=scene.colors)
         seen = torch.ones(scene.num_points, dtype=torch.bool)
         return PointFeatures(feats, seen, {"source": str(path), "kind": "distill", "voxel_size": vs, "tta": tta})
     if kind == "reference":

@@ -1,0 +1,165 @@
+"""The whole SAS pipeline on a set of scenes, through the same stage code a user runs by hand.
+
+teachers -> (alignment via text) -> capability -> per-teacher fusion -> add / linear / guided fusion
+-> superpoints + distillation (pixel-point, + superpoint, + TESD) -> evaluation -> text queries.
+
+Used by ``sas3d demo`` (embedded procedural rooms) and ``benchmarks/real_scan.py`` (a real ScanNet
+mesh with rendered views). The students are distilled on ``train_dirs`` and every stage is scored in
+two splits (SAS Table 3 layout each): **in place**, on the training scenes themselves (the labels are
+used only for scoring: annotation-free 3D scene understanding of the scans one has), and **held out**,
+on ``eval_dirs`` the students never saw (generalisation; the supervised reference row lives here).
+Every stage writes its artefact under ``out_dir`` so a run can be inspected.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from sas3d.config import to_dict
+from sas3d.pipeline.config import (DISTILL_ROWS, FUSION_ROWS, TEACHER_ROW, PipelineConfig, PipelineReport, SplitResult,
+                                   StageResult)
+from sas3d.scene.types import Scene
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str, log: Callable[[str], None]):
+        self.timings, self.name, self.log = timings, name, log
+
+    def __enter__(self) -> "_Timer":
+        self.log(f"== {self.name}")
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Path], out_dir: str | Path,
+                 cfg: PipelineConfig | None = None, log: Callable[[str], None] = print) -> PipelineReport:
+    """Run every SAS stage; distil on ``train_dirs``, score in place on them and held out on the
+    ``eval_dirs`` that are not training scenes."""
+    from sas3d import load_scene
+    from sas3d.pipeline.outputs import queries_and_renders
+    from sas3d.pipeline.students import train_students
+    from sas3d.text.encoders import build_text_encoder
+    from sas3d.text.labelsets import get_label_set, prompt_for
+
+    cfg = cfg or PipelineConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    torch.manual_seed(cfg.seed)
+    label_set = get_label_set(cfg.labelset)
+    train_dirs = [Path(p) for p in train_dirs]
+    held_out = [Path(p) for p in eval_dirs if Path(p) not in train_dirs]
+
+    with _Timer(timings, "load scenes + text encoder", log):
+        scenes = {d: load_scene(d) for d in dict.fromkeys(train_dirs + held_out)}
+        encoder = build_text_encoder(cfg.text_encoder)
+        class_text = encoder.encode(label_set.prompts())
+
+    teacher_names, simulated, fused_dirs = _fuse(cfg, scenes, encoder, class_text, label_set, out, timings, log)
+    runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log)
+
+    splits = []
+    for name, dirs in (("in_place", train_dirs), ("held_out", held_out)):
+        if not dirs:
+            continue
+        with _Timer(timings, f"evaluate ({name.replace('_', ' ')})", log):
+            split_scenes = [scenes[d] for d in dirs]
+            rows = [_evaluate(f"teacher:{t}", TEACHER_ROW.format(name=t), split_scenes, cfg, encoder, fused_dir=fused_dirs[t])
+                    for t in teacher_names]
+            rows += [_evaluate(f"fusion:{m}", label, split_scenes, cfg, encoder, fused_dir=fused_dirs[m]) for m, label in FUSION_ROWS.items()]
+            for key, checkpoint in runs.items():
+                if key == "supervised" and name == "in_place":
+                    continue  # trained on these very labels: no reference for annotation-free labelling
+                rows.append(_evaluate(f"distill:{key}", DISTILL_ROWS[key], split_scenes, cfg, encoder, checkpoint=checkpoint))
+                if key == "tesd":
+                    rows.append(_evaluate("distill:ensemble", DISTILL_ROWS["ensemble"], split_scenes, cfg, encoder,
+                                          checkpoint=checkpoint, fused_dir=fused_dirs["guided"]))
+            splits.append(SplitResult(name, [scenes[d].name for d in dirs], rows))
+
+    artefacts: dict[str, Any] = {"capability": "capability.json", "capability_heatmap": "capability.png",
+                                 "fused_guided": str(fused_dirs["guided"].relative_to(out))}
+    artefacts.update({f"checkpoint_{k}": str(Path(v).relative_to(out)) for k, v in runs.items()})
+    queries: list[dict[str, Any]] = []
+    shown = scenes[(held_out or train_dirs)[0]]
+    if "tesd" in runs:
+        with _Timer(timings, "queries + renders", log):
+            queries = queries_and_renders(runs["tesd"], shown, cfg, encoder, class_text, label_set, out, artefacts)
+    return PipelineReport(splits, timings, list(label_set.classes), simulated, artefacts, queries,
+                          {"pipeline": to_dict(cfg), "prompts": [prompt_for(c) for c in label_set.classes], "shown_scene": shown.name})
+
+
+def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_text: torch.Tensor, label_set: Any, out: Path,
+          timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path]]:
+    """Capability of every teacher, then per-teacher multi-view fusion and add / linear / guided fusion
+    of every scene. Returns (teacher names, simulated?, fused folder per teacher and per fusion)."""
+    from sas3d.capability import ProceduralGenerator, compute_capability
+    from sas3d.capability.capability import plot_capability
+    from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
+    from sas3d.fusion.multiview import fuse_teacher
+    from sas3d.teachers.registry import TeacherContext, build_teacher
+
+    def context(scene: Scene | None) -> TeacherContext:
+        cache = out / "cache" if scene is not None and cfg.cache_teachers else None
+        return TeacherContext(scene=scene, text_encoder=encoder, label_set=cfg.labelset, cache_dir=cache, seed=cfg.seed)
+
+    teacher_names = [build_teacher(spec, context(None)).name for spec in cfg.teachers]
+    simulated = any("simulated" in n for n in teacher_names)
+    with _Timer(timings, "capability (generated images)", log):
+        teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
+        cap = compute_capability(teachers, ProceduralGenerator(), cfg.vocabulary, cfg.images_per_class, encoder,
+                                 out / "capability", teacher_names=teacher_names, label_set=cfg.labelset, progress=cfg.progress)
+        cap.save(out / "capability.json")
+        plot_capability(cap, out / "capability.png")
+        cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
+        log(_capability_summary(cap, teacher_names))
+
+    fused_dirs = {name: out / "fused" / name for name in teacher_names + list(FUSION_ROWS)}
+    with _Timer(timings, "teachers + multi-view fusion", log):
+        for scene in scenes.values():
+            per_teacher = []
+            for spec, name in zip(cfg.teachers, teacher_names):
+                pf = fuse_teacher(scene, build_teacher(spec, context(scene)), progress=cfg.progress)
+                pf.save(fused_dirs[name] / f"{scene.name}.safetensors")
+                per_teacher.append(pf)
+            for method in FUSION_ROWS:
+                fused = fuse_teachers(per_teacher, class_text, method, cap_scores if method == "guided" else None,
+                                      GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
+                                      capability_source=str(out / "capability.json"))
+                fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
+    return teacher_names, simulated, fused_dirs
+
+
+def _capability_summary(cap: Any, names: Sequence[str]) -> str:
+    scores = cap.select(names)
+    lines = ["capability (IoU on generated images; catch-all = 0):"]
+    for name, row in zip(names, scores):
+        best = np.argsort(-row)[:4]
+        lines.append(f"  {name}: mean {row.mean():.2f}; best on " + ", ".join(f"{cap.classes[i]} {row[i]:.2f}" for i in best))
+    return "\n".join(lines)
+
+
+def _evaluate(key: str, label: str, scenes: Sequence[Scene], cfg: PipelineConfig, encoder: Any, *,
+              fused_dir: Path | None = None, checkpoint: Path | None = None) -> StageResult:
+    """One table row: the fused features (``fused_dir``), the student (``checkpoint``) or their 2D-3D ensemble (both)."""
+    from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
+    from sas3d.models.checkpoint import load_checkpoint
+
+    start = time.perf_counter()
+    model = None
+    if checkpoint is not None:
+        model, _, _ = load_checkpoint(checkpoint)
+    mode = "fusion" if checkpoint is None else ("distill" if fused_dir is None else "ensemble")
+    result = evaluate_scenes(list(scenes), EvalConfig(labelset=cfg.labelset, mode=mode, text_encoder=cfg.text_encoder),
+                             model=model, voxel_size=cfg.voxel_size, fused_dir=fused_dir, text_encoder=encoder, progress=cfg.progress)
+    m = result.metrics
+    return StageResult(key, label, float(m["miou"]), float(m["macc"]),
+                       [float(x) if p else float("nan") for x, p in zip(m["iou"], m["present"])],
+                       time.perf_counter() - start)
