@@ -15,6 +15,7 @@ VERBS = [
     "capability",
     "superpoints",
     "train",
+    "inplace",
     "eval",
     "query",
     "segment",

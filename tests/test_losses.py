@@ -112,3 +112,39 @@ def test_supervised_reference_loss_hand_computed():
     row0 = -math.log(math.exp(0 / tau) / (math.exp(1 / tau) + math.exp(0 / tau)))  # wrong class
     row1 = -math.log(math.exp(1 / tau) / (math.exp(0 / tau) + math.exp(1 / tau)))  # right class
     assert L.supervised_loss(pred, text, labels, tau).item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+
+
+def test_balance_weights_give_every_group_an_equal_share():
+    # groups 5 (3 rows), 2 (1 row): each group sums to 1/2, rows inside a group alike
+    w = L.balance_weights(torch.tensor([5, 5, 2, 5]))
+    assert torch.allclose(w, torch.tensor([1 / 6, 1 / 6, 1 / 2, 1 / 6]))
+    # with base weights inside the groups: group 0 rows 1 and 3 -> 1/4*(1/4), 1/4*(3/4); group 1 alone 1/2
+    w = L.balance_weights(torch.tensor([0, 1, 0]), base=torch.tensor([1.0, 9.0, 3.0]))
+    assert torch.allclose(w, torch.tensor([0.125, 0.5, 0.375]))
+    assert L.balance_weights(torch.zeros(0, dtype=torch.long)).numel() == 0
+
+
+def test_class_balanced_cosine_loss_lets_a_small_class_count_as_much_as_a_large_one():
+    """Nine wall rows fit perfectly, one window row is orthogonal: plain mean 0.1, balanced 0.5."""
+    pred = torch.tensor([[1.0, 0.0]] * 9 + [[1.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
+    classes = torch.tensor([0] * 9 + [8])
+    assert L.cosine_loss(pred, target).item() == pytest.approx(0.1, abs=1e-6)
+    assert L.cosine_loss(pred, target, L.balance_weights(classes)).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_weighted_superpoint_and_pseudo_label_losses_hand_computed():
+    # superpoint loss, two superpoints with losses 0 and 1; weights (0.2, 0.8) -> 0.8
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    sp = torch.tensor([4, 9])
+    assert L.superpoint_cosine_loss(pred, target, sp, torch.tensor([0.2, 0.8])).item() == pytest.approx(0.8, abs=1e-6)
+    # TESD with weights: CE rows computed by hand, then weighted sums
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    ce = -torch.log_softmax(torch.tensor([[1.0, 0.0], [0.0, 1.0]]) / 0.5, dim=1)[:, 0]  # per row, per superpoint alike here
+    w_pt, w_sp = torch.tensor([0.25, 0.75]), torch.tensor([0.6, 0.4])
+    got = L.tesd_loss(pred, text, labels, sp, labels, 0.5, w_pt, w_sp).item()
+    assert got == pytest.approx(float((ce * w_pt).sum() + (ce * w_sp).sum()), abs=1e-5)
+    got = L.ggsd_contrastive_loss(pred, text, labels, 0.5, torch.tensor([1.0, 0.0])).item()
+    assert got == pytest.approx(float(ce[0]), abs=1e-5)

@@ -153,7 +153,11 @@ class EngineConfig:
     # CPU data-parallel ranks that `sas3d train` starts itself (gloo, one process per rank; torchrun
     # sets WORLD_SIZE instead). 0: one per CPU core, at most one per training scene.
     procs: int = 1
-    threads: int = 0  # torch intra-op threads per rank; 0: the CPU cores divided by the ranks
+    # torch intra-op threads per rank (0: the CPU cores divided by the ranks). 1 by default: the student's
+    # many small matrix products gain little from threads, and on a busy machine OpenMP threads that
+    # outnumber the free cores made each product ~25x slower (measured); ranks and loader workers
+    # use the cores instead.
+    threads: int = 1
     loader_workers: int = 1  # processes building batches ahead of the step (0: in the training loop)
     prefetch: int = 2  # batches each loader worker prepares ahead
 
