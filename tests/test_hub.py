@@ -79,13 +79,6 @@ class _FakeHub:
         self.server.server_close()
 
 
-@pytest.fixture
-def fake_hub():
-    hub = _FakeHub()
-    yield hub
-    hub.close()
-
-
 def _run(code: str, hub: _FakeHub, hf_home: Path, offline: bool = False, timeout: float = 120) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1")
@@ -94,26 +87,6 @@ def _run(code: str, hub: _FakeHub, hf_home: Path, offline: bool = False, timeout
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
-def test_every_loader_fails_at_once_naming_the_model_and_the_remedy(fake_hub, tmp_path):
-    results = _run(LOADERS, fake_hub, tmp_path / "hf")
-    assert [r["loader"] for r in results] == list(EXPECTED_IDS)
-    for r in results:
-        msg = r["error"]
-        assert msg is not None, r
-        assert f"'{EXPECTED_IDS[r['loader']]}'" in msg and "cannot be reached" in msg and "HTTP 503" in msg, msg
-        assert "HF_HUB_OFFLINE=1" in msg and f"hf download {EXPECTED_IDS[r['loader']]}" in msg and "local folder" in msg, msg
-        assert r["seconds"] < 5.0, r  # huggingface_hub alone retries five times with back-off (~30 s)
-    assert len(fake_hub.requests) == 1, fake_hub.requests  # one reachability probe for the whole process
-
-
-def test_offline_mode_fails_without_touching_the_network(fake_hub, tmp_path):
-    results = _run(LOADERS, fake_hub, tmp_path / "hf", offline=True)
-    for r in results:
-        assert "HF_HUB_OFFLINE is set" in r["error"] and EXPECTED_IDS[r["loader"]] in r["error"], r
-        assert r["seconds"] < 5.0
-    assert fake_hub.requests == []
 
 
 def _cache_tiny_clip(hf_home: Path, repo: str) -> None:
@@ -129,15 +102,66 @@ def _cache_tiny_clip(hf_home: Path, repo: str) -> None:
     model.save_pretrained(base / "snapshots" / commit)
 
 
-def test_a_cached_model_loads_at_once_while_the_hub_is_down(fake_hub, tmp_path):
-    _cache_tiny_clip(tmp_path / "hf", "lab/tiny-clip")
-    code = ("import time; t = time.time()\n"
-            "from sas3d.teachers.dense_clip import DenseCLIPTeacher\n"
-            "teacher = DenseCLIPTeacher('lab/tiny-clip')\n"
-            "import json; print(json.dumps({'dim': teacher.dim, 'seconds': time.time() - t}))\n")
-    (result,) = _run(code, fake_hub, tmp_path / "hf", timeout=25)
-    assert result["dim"] == 16 and result["seconds"] < 15
-    assert len(fake_hub.requests) == 1  # the probe; the model itself comes from the cache
+CACHED_AND_OFFLINE = """
+t = time.time()
+teacher = DenseCLIPTeacher("lab/tiny-clip")  # in the cache: loads although the hub is down
+print(json.dumps({"loader": "cached", "seconds": time.time() - t, "dim": teacher.dim}), flush=True)
+import huggingface_hub.constants
+huggingface_hub.constants.HF_HUB_OFFLINE = True  # what HF_HUB_OFFLINE=1 in the environment sets
+print(json.dumps({"loader": "offline"}), flush=True)
+""" + LOADERS.split("StableDiffusionPipeline\n", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def hub_session(tmp_path_factory):
+    """One process (the model libraries import slowly): uncached loaders, a cached model, then offline mode."""
+    hub = _FakeHub()
+    hf_home = tmp_path_factory.mktemp("hf")
+    _cache_tiny_clip(hf_home, "lab/tiny-clip")
+    try:
+        results = _run(LOADERS + CACHED_AND_OFFLINE, hub, hf_home)
+    finally:
+        hub.close()
+    cut = next(i for i, r in enumerate(results) if r["loader"] == "offline")
+    return results[:cut], results[cut + 1:], hub.requests
+
+
+def test_every_loader_fails_at_once_naming_the_model_and_the_remedy(hub_session):
+    results = [r for r in hub_session[0] if r["loader"] != "cached"]
+    assert [r["loader"] for r in results] == list(EXPECTED_IDS)
+    for r in results:
+        msg = r["error"]
+        assert msg is not None, r
+        assert f"'{EXPECTED_IDS[r['loader']]}'" in msg and "cannot be reached" in msg and "HTTP 503" in msg, msg
+        assert "HF_HUB_OFFLINE=1" in msg and f"hf download {EXPECTED_IDS[r['loader']]}" in msg and "local folder" in msg, msg
+        assert r["seconds"] < 5.0, r  # huggingface_hub alone retries five times with back-off (~30 s)
+    assert len(hub_session[2]) == 1, hub_session[2]  # one reachability probe for the whole process, nothing else
+
+
+def test_a_cached_model_loads_at_once_while_the_hub_is_down(hub_session):
+    (cached,) = [r for r in hub_session[0] if r["loader"] == "cached"]
+    assert cached["dim"] == 16 and cached["seconds"] < 10, cached  # from the cache, no request (see the count above)
+
+
+def test_offline_mode_fails_without_touching_the_network(hub_session):
+    assert [r["loader"] for r in hub_session[1]] == list(EXPECTED_IDS)
+    for r in hub_session[1]:
+        assert "HF_HUB_OFFLINE is set" in r["error"] and EXPECTED_IDS[r["loader"]] in r["error"], r
+        assert r["seconds"] < 5.0
+    assert len(hub_session[2]) == 1  # offline mode added no request
+
+
+def test_offline_environment_variable(tmp_path):
+    """HF_HUB_OFFLINE=1 set before the process starts (huggingface_hub reads it at import): no network at all."""
+    hub = _FakeHub()
+    try:
+        code = ("import json\nfrom sas3d.errors import ConfigError\nfrom sas3d.utils.hub import pretrained_options\n"
+                "try:\n    pretrained_options('lab/clip', 'CLIP model')\nexcept ConfigError as exc:\n"
+                "    print(json.dumps({'error': str(exc)}))\n")
+        (result,) = _run(code, hub, tmp_path / "hf", offline=True)
+    finally:
+        hub.close()
+    assert "HF_HUB_OFFLINE is set" in result["error"] and hub.requests == []
 
 
 def test_local_folder_and_bad_paths(tmp_path):
