@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 from sas3d import __version__
@@ -61,10 +63,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _progress_setting(getattr(args, "no_progress", False)):
+            return int(args._run(args) or 0)
     except Sas3dError as exc:
         print(f"sas3d {args.verb}: error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _progress_setting(no_progress: bool):
+    """``--no-progress`` hides every bar of the run, also those of stages that take no flag (TQDM_DISABLE)."""
+    if not no_progress:
+        yield
+        return
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
 
 
 if __name__ == "__main__":

@@ -173,3 +173,52 @@ def test_cli_query_from_checkpoint(tmp_path):
     feats = predict_point_features(loaded, scene.points, 0.1).numpy().astype(np.float64)
     text = build_text_encoder("minilm").encode(["a chair to sit on"])[0].numpy().astype(np.float64)
     np.testing.assert_allclose(read_ply(tmp_path / "h.ply").vertex["similarity"], _cos(feats, text), atol=1e-4)
+
+
+# ------------------------------------------------------------------ queries longer than the text encoder reads
+
+
+def test_long_query_warns_with_the_tokens_kept(tmp_path, capsys):
+    from sas3d.text.encoders import build_text_encoder, token_counts
+
+    enc = build_text_encoder("minilm")
+    long_query = "a chair " + "very " * 300 + "close to the window"
+    total, kept = token_counts(enc, long_query)
+    assert kept == 256 and total == 2 + 2 + 300 + 4  # [CLS] a chair, 300 x very, close to the window [SEP]
+    # the claim of the warning: words beyond the kept tokens do not change the embedding
+    assert torch.equal(enc.encode([long_query]), enc.encode([long_query + " and a sofa"]))
+    assert token_counts(enc, "a chair") == (4, 4)
+
+    scene = _grid_scene()
+    write_ply(tmp_path / "grid.ply", scene.points, colors=scene.colors, faces=scene.faces)
+    feats = torch.randn(scene.num_points, 384)
+    PointFeatures(feats.half(), torch.ones(scene.num_points, dtype=torch.bool), {}).save(tmp_path / "f.safetensors")
+    assert main(["query", str(tmp_path / "f.safetensors"), str(tmp_path / "grid.ply"), long_query,
+                 "--out", str(tmp_path / "q.ply")]) == 0
+    err = capsys.readouterr().err
+    assert f"is {total} tokens long" in err and "reads only the first 256" in err and f"last {total - 256} tokens" in err
+    assert main(["query", str(tmp_path / "f.safetensors"), str(tmp_path / "grid.ply"), "a chair",
+                 "--out", str(tmp_path / "q.ply")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_long_query_warning_for_clip_and_in_the_viewer(tmp_path):
+    from test_teachers import tiny_clip
+
+    from sas3d.query.similarity import truncation_warning
+    from sas3d.query.viewer import SceneViewer, ViewerData
+    from sas3d.text.clip import CLIPTextEncoder
+    from sas3d.text.encoders import token_counts
+
+    model, tokenizer = tiny_clip()
+    enc = CLIPTextEncoder(model=model, tokenizer=tokenizer)
+    text = "abc " * 40  # the tiny tokenizer has single letters only: 120 tokens + 2 special
+    assert token_counts(enc, text) == (122, 64)
+    assert torch.equal(enc.encode([text]), enc.encode([text + "zzz"]))
+    assert "is 122 tokens long" in truncation_warning(enc, text)
+    data = ViewerData("t", np.zeros((3, 3), np.float32), np.zeros((3, 3), np.uint8), features=torch.randn(3, 16))
+    viewer = SceneViewer(data, text_encoder=enc)
+    viewer.set_query(text)
+    assert "reads only the first 64" in viewer.query_warning and "warning:" in viewer._status()
+    viewer.set_query("abc")
+    assert viewer.query_warning is None

@@ -45,7 +45,9 @@ def test_bad_pose(tmp_path, pose):
 
 def test_scannet_invalid_pose_can_be_skipped(tmp_path):
     root = make_scannet(tmp_path / "s", frame_ids=(0, 1))
-    np.savetxt(root / "pose" / "1.txt", np.full((4, 4), -np.inf))  # ScanNet's tracking-lost marker
+    np.savetxt(root / "pose" / "1.txt", np.full((4, 4), -np.inf))  # ScanNet's tracking-lost marker: skipped always
+    assert [f.stem for f in load_scene(root, frame_stride=1).frames] == ["0"]
+    np.savetxt(root / "pose" / "1.txt", np.diag([1, 1, np.inf, 1]))  # any other invalid pose stops, unless asked
     _raises(lambda: load_scene(root, frame_stride=1), "1.txt")
     assert [f.stem for f in load_scene(root, frame_stride=1, skip_invalid_poses=True).frames] == ["0"]
 
@@ -93,7 +95,7 @@ def test_depth_colour_size_mismatch(tmp_path):
 
 def test_scannet_colour_may_differ_from_depth(tmp_path):
     # ScanNet: intrinsic_depth describes the depth resolution; colour is resampled downstream.
-    root = make_scannet(tmp_path / "s", frame_ids=(0,), depth_wh=(8, 6), color_wh=(13, 7))
+    root = make_scannet(tmp_path / "s", frame_ids=(0,), depth_wh=(8, 6), color_wh=(13, 10))  # aspect within 3 %
     assert (load_scene(root).frames[0].width, load_scene(root).frames[0].height) == (8, 6)
 
 

@@ -36,6 +36,12 @@ def _pose(t=(0.0, 0.0, 0.0)) -> np.ndarray:
 K_TINY = np.array([[4.0, 0, 2.0], [0, 4.0, 1.5], [0, 0, 1]])
 
 
+def k_centred(w: int, h: int, f: float | None = None) -> np.ndarray:
+    """Intrinsics of a w x h camera with its principal point at the image centre (pixel centres at integers)."""
+    f = float(w) if f is None else f
+    return np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
+
+
 def make_7scenes(root: Path, n: int = 3, w: int = 4, h: int = 3, depth_mm: int = 2000) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     np.savetxt(root / "camera-intrinsics.txt", K_TINY)
@@ -60,7 +66,7 @@ def make_scannet(root: Path, frame_ids=(), depth_wh=(8, 6), color_wh=(16, 12), l
     write_ply(root / "sceneX_00_vh_clean_2.labels.ply", pts, rgb, faces, {"label": nyu})
     if frame_ids:
         k4 = np.eye(4)
-        k4[:3, :3] = K_TINY
+        k4[:3, :3] = k_centred(*depth_wh)
         (root / "intrinsic").mkdir(exist_ok=True)
         np.savetxt(root / "intrinsic" / "intrinsic_depth.txt", k4)
     for n in frame_ids:
@@ -256,7 +262,7 @@ def test_scannet_with_frames(tmp_path):
     assert [f.stem for f in s.frames] == ["0", "10", "20", "100"]
     f = s.frames[1]
     assert (f.width, f.height) == (8, 6)  # depth resolution, colour is 16x12
-    np.testing.assert_allclose(f.intrinsics, K_TINY)
+    np.testing.assert_allclose(f.intrinsics, k_centred(8, 6))
     np.testing.assert_allclose(f.pose, _pose((10, 0, 0)))
     assert f.label_path == root / "label" / "10.png" and s.frames[0].label_path is None
     np.testing.assert_allclose(read_depth(f), 1.5)
@@ -310,7 +316,7 @@ def _make_matterport_building(b: Path, centres: list, wh=(4, 3)) -> None:
         (b / "pose").mkdir(exist_ok=True)
         (b / "intrinsic").mkdir(exist_ok=True)
         np.savetxt(b / "pose" / f"{stem}.txt", _pose(c))
-        np.savetxt(b / "intrinsic" / f"{stem}.txt", K_TINY * [[1 + i], [1 + i], [1]])
+        np.savetxt(b / "intrinsic" / f"{stem}.txt", K_TINY * [[1 + i, 1, 1], [1, 1 + i, 1], [1, 1, 1]])  # focal length per frame
 
 
 def _save_region_pth(path: Path, coords: np.ndarray) -> None:
@@ -337,7 +343,7 @@ def test_matterport_openscene_layout_bbox(tmp_path):
     assert [tuple(f.pose[:3, 3]) for f in s.frames] == inside
     f = s.frames[0]
     assert f.color_path.name == "pano001_i1_1.jpg" and f.depth_path.name == "pano001_d1_1.png"
-    np.testing.assert_allclose(f.intrinsics, K_TINY * [[2], [2], [1]])  # per-frame intrinsics
+    np.testing.assert_allclose(f.intrinsics, K_TINY * [[2, 1, 1], [1, 2, 1], [1, 1, 1]])  # per-frame intrinsics
     np.testing.assert_allclose(read_depth(f), 1.0)  # 4000 / 4000
     assert f.depth_scale == 4000.0
     assert s.label_set == "matterport21"
@@ -372,3 +378,64 @@ def test_ply_alone(tmp_path):
     np.testing.assert_array_equal(s.labels, np.arange(20) % 3)
     np.testing.assert_array_equal(s.superpoints, np.arange(20) // 5)
     assert s.label_set == "scannet20"
+
+
+def test_ascii_ply_rows_with_wrong_value_counts_are_refused(tmp_path):
+    """Each row is parsed on its own (plyfile): a row with an extra value and one with a missing value
+    must not be read as two valid rows (the former hand-written parser reshaped all values at once)."""
+    from sas3d.errors import InputError
+
+    p = tmp_path / "rows.ply"
+    p.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+                 "end_header\n0 0 0 5\n1 1\n")
+    with pytest.raises(InputError) as err:
+        read_ply(p)
+    assert "rows.ply" in str(err.value) and "element 'vertex' row 0" in str(err.value)
+
+
+def test_binary_polygon_mesh_is_fan_triangulated(tmp_path):
+    import struct
+
+    header = ("ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+              "property float z\nelement face 2\nproperty list uchar int vertex_indices\nend_header\n")
+    body = b"".join(struct.pack("<fff", *v) for v in [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)])
+    body += struct.pack("<B4i", 4, 0, 1, 2, 3) + struct.pack("<B3i", 3, 0, 2, 3)
+    p = tmp_path / "quad.ply"
+    p.write_bytes(header.encode() + body)
+    np.testing.assert_array_equal(read_ply(p).faces, [[0, 1, 2], [0, 2, 3], [0, 2, 3]])
+    p.write_bytes(header.encode() + body[:-6])
+    with pytest.raises(Exception) as err:
+        read_ply(p)
+    assert "truncated PLY" in str(err.value) and "quad.ply" in str(err.value)
+
+
+def _swap_numpy_module_names(src: Path, dst: Path) -> str:
+    """Rewrite a torch zip pickle as the other numpy major version would have written it; returns the name now used."""
+    import zipfile
+
+    new, old = (b"numpy.core.multiarray", b"numpy._core.multiarray")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                if old not in data:  # written under numpy 1.x: make it a numpy 2 file
+                    new, old = old, new
+                assert old in data
+                data = data.replace(old, new)
+            zout.writestr(info, data)
+    return new.decode()
+
+
+def test_region_pth_from_either_numpy_major_version(tmp_path):
+    """OpenScene .pth files name numpy's rebuild function after the numpy that wrote them; both must load."""
+    coords = np.array([[0, 0, 0], [4, 4, 3], [2, 2, 1], [1, 3, 2]], np.float64)
+    here = tmp_path / "here" / "B1_region0.pth"
+    _save_region_pth(here, coords)
+    other = tmp_path / "other" / "B1_region0.pth"
+    other.parent.mkdir()
+    _swap_numpy_module_names(here, other)
+    for region in (here, other):
+        _make_matterport_building(region.parent, [(1, 1, 1)])
+        s = load_scene(region)
+        np.testing.assert_array_equal(s.points, coords.astype(np.float32))
+        np.testing.assert_array_equal(s.labels[:3], [0, 20, IGNORE_LABEL])

@@ -203,3 +203,62 @@ def test_viewer_in_headless_chromium(tiny_scene, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         viewer.stop()
+
+
+# ------------------------------------------------------------------ websocket origins (real clients)
+
+
+def _ws_session(port: int, origin: str | None, seconds: float = 3.0) -> tuple[int, int | None]:
+    """Connect like viser's page does (its subprotocol), read for a while; -> (bytes received, close code)."""
+    import viser
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    received, code = 0, None
+    kwargs = {"origin": origin} if origin is not None else {}
+    with connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"], max_size=None,
+                 open_timeout=10, **kwargs) as ws:
+        end = time.time() + seconds
+        try:
+            while time.time() < end:
+                try:
+                    msg = ws.recv(timeout=max(0.05, end - time.time()))
+                except TimeoutError:
+                    break
+                received += len(msg)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+    return received, code
+
+
+def test_viewer_refuses_websockets_from_other_origins(tiny_scene):
+    data = load_viewer_data(tiny_scene / "scene.ply", tiny_scene / "fused.safetensors", superpoints=False)
+    viewer = SceneViewer(data)
+    viewer.start(port=_free_port())
+    try:
+        port = viewer.port
+        scene_bytes = data.points.nbytes
+        got, code = _ws_session(port, "http://evil.example")
+        assert code == 1008 and got == 0, (got, code)  # closed before a single message
+        got, code = _ws_session(port, f"http://evil.example:{port}")  # DNS rebinding: right port, foreign name
+        assert code == 1008 and got == 0
+        got, code = _ws_session(port, f"http://127.0.0.1:{port + 1}")  # another local page (other port)
+        assert code == 1008 and got == 0
+        for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", None):  # its own page; a local script
+            got, code = _ws_session(port, own)
+            assert code is None and got > scene_bytes, (own, got)  # the point cloud arrived
+    finally:
+        viewer.stop()
+
+
+def test_origin_rules():
+    from sas3d.query.viewer import origin_allowed
+
+    assert origin_allowed("http://127.0.0.1:8080", "127.0.0.1:8080", 8080)
+    assert origin_allowed("http://[::1]:8080", "[::1]:8080", 8080)
+    assert not origin_allowed("https://evil.example", "127.0.0.1:8080", 8080)
+    assert not origin_allowed("http://evil.example:8080", "evil.example:8080", 8080)  # rebinding
+    assert origin_allowed("http://192.168.1.5:8080", "192.168.1.5:8080", 8080)  # --host 0.0.0.0, reached by IP
+    assert not origin_allowed("http://192.168.1.6:8080", "192.168.1.5:8080", 8080)
+    assert origin_allowed("http://proxy.lab:9000", "127.0.0.1:8080", 8080, extra=["http://proxy.lab:9000/"])
+    assert not origin_allowed("null", "127.0.0.1:8080", 8080)  # sandboxed iframes, file:// pages

@@ -154,9 +154,11 @@ class StableDiffusionGenerator:
                         device: str = "cpu") -> "StableDiffusionGenerator":
         from diffusers import StableDiffusionPipeline
 
+        from sas3d.utils.hub import pretrained_options
+
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        pipe = StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False).to(device)
+        pipe = StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                                                       **pretrained_options(model_id, "Stable Diffusion model")).to(device)
         return cls(pipe, refiner, config, name=f"sd:{model_id}")
 
     def generate(self, class_name: str, seed: int) -> GeneratedImage:

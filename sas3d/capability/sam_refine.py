@@ -65,9 +65,12 @@ class SamRefiner:
     def from_pretrained(cls, model_id: str, max_points: int = 3, device: str = "cpu") -> "SamRefiner":
         from transformers import SamModel, SamProcessor
 
+        from sas3d.utils.hub import pretrained_options
+
+        opts = pretrained_options(model_id, "SAM model")
         # PIL backend: the torchvision image backend is not usable everywhere.
-        processor = SamProcessor.from_pretrained(model_id, backend="pil")
-        return cls(SamModel.from_pretrained(model_id), processor, max_points, device)
+        processor = SamProcessor.from_pretrained(model_id, backend="pil", **opts)
+        return cls(SamModel.from_pretrained(model_id, **opts), processor, max_points, device)
 
     def refine(self, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
         import torch

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "measure each teacher's per-class capability on generated images (SAS 3.2)"
 DESCRIPTION = """\
 Generates images of every vocabulary class with a known (pseudo) mask, runs every teacher on them and
@@ -34,9 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="CapabilityConfig override")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    preflight(args, teachers=args.teacher, label_sets=[args.label_set], text_encoders=[args.text_encoder],
+              writes=[Output(args.out, "json"), Output(args.out.with_suffix(".png"), "png"),
+                      Output(args.workdir or args.out.with_name(args.out.stem + ".work"), "folder",
+                             replaces=("images", "progress.json"), marker="progress.json")])
     from sas3d.capability.capability import (
         CapabilityConfig,
         compute_capability,

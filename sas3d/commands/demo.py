@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "run the full SAS pipeline on generated rooms with SIMULATED teachers (no downloads)"
 DESCRIPTION = """\
 Build a few procedurally generated indoor rooms (ScanNet20 furniture, posed RGB-D frames,
@@ -57,9 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished stages")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    # --fresh deletes OUT and a run writes all over it: only into a folder a demo wrote (data/embedded.json)
+    preflight(args, writes=[Output(args.out, "folder", replaces=("*",), marker="data/embedded.json")])
     import os
     import shutil
     import time

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "evaluate mIoU/mAcc of a 3D model (distill), fused 2D features (fusion) or both (ensemble)"
 DESCRIPTION = """\
 Classify every point of each scene against a label set's text prompts ("a {name} in a scene",
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene-labelset", default=None, help="label set of OpenScene .pth scene labels (default: --labelset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override an EvalConfig field")
     parser.add_argument("--json", type=Path, required=True, help="write results here (a .png chart goes next to it)")
+    add_overwrite_option(parser)
 
 
 def scene_list(paths: list[Path]) -> list[Path]:
@@ -78,19 +81,25 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device, "voxel_size": args.voxel_size,
     }
     cfg = from_dict(EvalConfig, apply_overrides(base, args.overrides), "eval")
+    if cfg.mode != "fusion" and args.checkpoint is None:
+        raise InputError(None, f"--mode {cfg.mode} needs --checkpoint")
+    if cfg.mode != "distill" and (args.fused is None or not args.fused.is_dir()):
+        raise InputError(args.fused, f"--mode {cfg.mode} needs --fused DIR, an existing folder of fused features")
+    if cfg.tta < 1:
+        raise InputError(None, f"--tta must be >= 1, got {cfg.tta}")
+    paths = scene_list(args.scenes)
+    png = args.json.with_suffix(".png")
+    fused_reads = [(args.fused, p) for p in ("*.safetensors", "*.pt")] if cfg.mode != "distill" else []
+    preflight(args, reads=[args.checkpoint, *args.scenes, *fused_reads], scenes=paths, label_sets=[cfg.labelset, args.scene_labelset],
+              text_encoders=[cfg.text_encoder], writes=[Output(args.json, "json"), Output(png, "png")])
     model, voxel_size = None, None
     if cfg.mode != "fusion":
-        if args.checkpoint is None:
-            raise InputError(None, f"--mode {cfg.mode} needs --checkpoint")
         from sas3d.models.checkpoint import load_checkpoint
         from sas3d.query.similarity import metadata_value
 
         model, meta, _ = load_checkpoint(args.checkpoint, device=cfg.device)
         model.eval()
         voxel_size = metadata_value(meta, "voxel_size")
-    if cfg.mode != "distill" and (args.fused is None or not args.fused.is_dir()):
-        raise InputError(args.fused, f"--mode {cfg.mode} needs --fused DIR, an existing folder of fused features")
-    paths = scene_list(args.scenes)
     loaders = [functools.partial(open_scene, p, args.scene_labelset or cfg.labelset) for p in paths]
     result = evaluate_scenes(loaders, cfg, model=model, voxel_size=voxel_size, fused_dir=args.fused)
     print(format_table(result))
@@ -98,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     out["config"] = to_dict(cfg)
     out["checkpoint"] = None if args.checkpoint is None else str(args.checkpoint)
     out["fused"] = None if args.fused is None else str(args.fused)
-    png = args.json.with_suffix(".png")
     out["plot"] = png.name
     m = result.metrics
     title = f"{cfg.labelset} {cfg.mode}: mIoU {100 * m['miou']:.1f}, mAcc {100 * m['macc']:.1f} ({len(paths)} scenes)"

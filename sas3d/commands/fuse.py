@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sas3d.commands.preflight import Output, add_overwrite_option, add_skip_invalid_poses_option, preflight
+
 HELP = "fuse per-frame 2D teacher features onto a scene's 3D points"
 DESCRIPTION = """\
 Project every point into every frame (pinhole, nearest pixel, border margin, depth occlusion
@@ -39,10 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="projection config override, e.g. --set border_margin=5 --set depth_threshold=0.2")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_skip_invalid_poses_option(parser)
+    add_overwrite_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    preflight(args, scenes=[args.scene], reads=[args.capability], teachers=args.teacher, label_sets=[args.labelset],
+              text_encoders=[args.text_encoder], writes=[Output(Path(args.out), "safetensors")])
 
     import torch
 
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--device {args.device} asked for, but torch sees no CUDA device")
     out = Path(args.out)
     from_dict(ProjectionConfig, apply_overrides(to_dict(ProjectionConfig()), args.set), "--set")  # fail fast on bad keys
-    options = {} if args.frame_stride is None else {"frame_stride": args.frame_stride}
+    options = {"skip_invalid_poses": args.skip_invalid_poses} | ({} if args.frame_stride is None else {"frame_stride": args.frame_stride})
     scene = sas3d.load_scene(args.scene, **options)
     if not scene.frames:
         raise ConfigError(f"{args.scene}: the scene has no posed frames to fuse from")

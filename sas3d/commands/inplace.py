@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight, teacher_reads
+
 HELP = "distil the SAS student on your own scans and label them (in-place distillation; CPU-sized defaults)"
 DESCRIPTION = """\
 For one or a few scans and no training set: the scans' fused 2D features are the only supervision.
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"])
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT/run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,17 +52,21 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    reads = [(Path(args.fused), "*.safetensors")] if args.fused else teacher_reads(args.teacher)
+    if args.capability:
+        reads.append(Path(args.capability))
+    preflight(args, reads=reads, scenes=args.scans, label_sets=[args.labelset], text_encoders=[args.text_encoder],
+              teachers=args.teacher or [],
+              writes=[Output(Path(args.out), "folder", replaces=("*",), marker="run/config.yaml")])
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
     from sas3d import load_scene
     from sas3d.distill.config import load_train_config
     from sas3d.errors import ConfigError, InputError
     from sas3d.pipeline.inplace import default_epochs, label_in_place
-    from sas3d.text.labelsets import get_label_set
     from sas3d.utils.atomic import write_json_atomic
 
     out = Path(args.out)
-    get_label_set(args.labelset)  # unknown label sets fail before any work
     scans = [Path(s) for s in args.scans]
     scenes = [load_scene(s) for s in scans]
     names = [s.name for s in scenes]

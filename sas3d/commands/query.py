@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "heat map of how well each point matches a free-text query (coloured PLY)"
 DESCRIPTION = """\
 Compute the cosine similarity between every point's feature and the text embedding of a query,
@@ -37,23 +39,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", type=int, default=1, help="summed 3D passes when the source is a checkpoint")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scene-labelset", default="scannet20", help="label set of OpenScene .pth scene labels")
+    add_overwrite_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import matplotlib
 
     from sas3d.errors import InputError
     from sas3d.evaluate.interop import open_scene
     from sas3d.query.export import write_heatmap_ply
-    from sas3d.query.similarity import load_point_features, query_prompt, text_similarity
+    from sas3d.query.similarity import load_point_features, query_prompt, text_similarity, truncation_warning
     from sas3d.text.encoders import build_text_encoder
 
     if args.cmap not in matplotlib.colormaps:
         raise InputError(None, f"unknown colormap {args.cmap!r} (try turbo, viridis, plasma)")
+    if args.tta < 1:
+        raise InputError(None, f"--tta must be >= 1, got {args.tta}")
     prompt = query_prompt(args.text, args.prompt)
+    preflight(args, reads=[args.source], scenes=[args.scene], label_sets=[args.scene_labelset],
+              text_encoders=[args.text_encoder], writes=[Output(args.out, "ply")])
+    encoder = build_text_encoder(args.text_encoder, device=args.device)
+    warning = truncation_warning(encoder, prompt)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     scene = open_scene(args.scene, args.scene_labelset)
     feats = load_point_features(args.source, scene, device=args.device, tta=args.tta)
-    text = build_text_encoder(args.text_encoder, device=args.device).encode([prompt])[0]
+    text = encoder.encode([prompt])[0]
     if text.shape[0] != feats.dim:
         raise InputError(args.source, f"features are {feats.dim}-d but {args.text_encoder} gives {text.shape[0]}-d text; use the encoder they were made with")
     sim = text_similarity(feats.features, text)

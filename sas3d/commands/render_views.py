@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "render RGB-D(+label) frames of a mesh along a handheld-like camera path (ScanNet layout)"
 DESCRIPTION = """\
 Turn a mesh (e.g. a ScanNet <id>_vh_clean_2.ply that ships without its RGB-D stream) into a full
@@ -17,7 +19,9 @@ labels, label/N.png (uint16 ScanNet20 index, 255 = ignore). Frames are numbered 
 
 Labels come from --labels, or from <id>_vh_clean_2.labels.ply next to the mesh when it exists.
 Prints the valid-depth fraction of the views and the vertex coverage (fraction of mesh vertices
-visible in at least one view).
+visible in at least one view), and records the settings in SCENE_DIR/render_views.json. Frame
+folders in SCENE_DIR that render-views did not write (a real scan's RGB-D stream) are never
+replaced unless --overwrite is given.
 
 Examples:
   sas3d render-views ../shared/data/scannet_scene0470_00/scene0470_00_vh_clean_2.ply --out scans/scene0470_00
@@ -26,6 +30,7 @@ Examples:
 
 MESH_SUFFIX = "_vh_clean_2.ply"
 LABELS_SUFFIX = "_vh_clean_2.labels.ply"
+MARKER = "render_views.json"  # written last: marks a folder whose frames render-views may replace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=480, help="image height (default 480)")
     parser.add_argument("--seed", type=int, default=0, help="camera path seed")
     parser.add_argument("--frame-step", type=int, default=20, help="frame number step (default 20: 0, 20, 40, ...)")
+    add_overwrite_option(parser)
 
 
 def scene_name(mesh: Path) -> str:
@@ -44,12 +50,16 @@ def scene_name(mesh: Path) -> str:
     return mesh.name[: -len(MESH_SUFFIX)] if mesh.name.endswith(MESH_SUFFIX) else mesh.stem
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.samefile(b)
+
+
 def _copy(src: Path, dst: Path) -> None:
     import shutil
 
     from sas3d.utils.atomic import atomic_path
 
-    if dst.exists() and dst.resolve() == src.resolve():
+    if _same_file(src, dst):
         return
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -58,21 +68,27 @@ def _copy(src: Path, dst: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sas3d.demo.render import render_views
+    from sas3d.demo.render import LAYOUT_DIRS, render_views
     from sas3d.errors import InputError
     from sas3d.scene.ply import read_ply
     from sas3d.text.labelsets import nyu40_to_scannet20
+    from sas3d.utils.atomic import write_json_atomic
 
-    if args.views < 1 or args.width < 8 or args.height < 8:
-        raise InputError(None, f"need --views >= 1 and an image of at least 8x8 (got {args.views} views, {args.width}x{args.height})")
-    mesh = read_ply(args.mesh)
-    if mesh.faces is None or len(mesh.faces) == 0:
-        raise InputError(args.mesh, "PLY has no faces: render-views needs a triangle mesh")
+    if args.views < 1 or args.width < 8 or args.height < 8 or args.frame_step < 1:
+        raise InputError(None, f"need --views >= 1, --frame-step >= 1 and an image of at least 8x8 "
+                               f"(got {args.views} views, step {args.frame_step}, {args.width}x{args.height})")
     name = scene_name(args.mesh)
     labels_path = args.labels
     if labels_path is None and args.mesh.name.endswith(MESH_SUFFIX):
         candidate = args.mesh.with_name(name + LABELS_SUFFIX)
         labels_path = candidate if candidate.is_file() else None
+    copies = [(args.mesh, args.out / (name + MESH_SUFFIX))] + ([(labels_path, args.out / (name + LABELS_SUFFIX))] if labels_path else [])
+    preflight(args, reads=[args.mesh, labels_path],
+              writes=[Output(args.out, "folder", replaces=LAYOUT_DIRS, marker=MARKER), Output(args.out / MARKER, "json")]
+              + [Output(dst, "ply") for src, dst in copies if not _same_file(src, dst)])
+    mesh = read_ply(args.mesh)
+    if mesh.faces is None or len(mesh.faces) == 0:
+        raise InputError(args.mesh, "PLY has no faces: render-views needs a triangle mesh")
     labels = None
     if labels_path is not None:
         lab = read_ply(labels_path)
@@ -85,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = render_views(mesh.points(), mesh.faces, mesh.colors(), labels, args.out, args.views, args.width,
                           args.height, args.seed, frame_step=args.frame_step)
-    _copy(args.mesh, args.out / (name + MESH_SUFFIX))
-    if labels_path is not None:
-        _copy(labels_path, args.out / (name + LABELS_SUFFIX))
+    for src, dst in copies:
+        _copy(src, dst)
     valid = np.asarray(report.valid_fraction)
+    write_json_atomic(args.out / MARKER, {
+        "mesh": str(args.mesh), "labels": None if labels_path is None else str(labels_path), "views": args.views,
+        "width": args.width, "height": args.height, "seed": args.seed, "frame_step": args.frame_step,
+        "frames": report.frames, "valid_depth_fraction": report.valid_fraction, "vertex_coverage": report.coverage,
+    })
     low = int((valid < 0.7).sum())
     print(f"rendered {len(report.frames)} views {args.width}x{args.height} into {args.out} "
           f"(scene {name}{', with labels' if labels is not None else ''})")

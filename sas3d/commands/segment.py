@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "label every point with the best-matching class name (label PLY + legend)"
 DESCRIPTION = """\
 Classify each point against a list of class names by cosine similarity between its feature and
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", type=int, default=1, help="summed 3D passes when the source is a checkpoint")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scene-labelset", default="scannet20", help="label set of OpenScene .pth scene labels")
+    add_overwrite_option(parser)
 
 
 def parse_classes(text: str) -> list[str]:
@@ -49,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
     from sas3d.errors import InputError
     from sas3d.evaluate.interop import open_scene
     from sas3d.evaluate.predict import build_class_text, classify
-    from sas3d.query.export import write_label_ply
+    from sas3d.query.export import legend_path, write_label_ply
     from sas3d.query.similarity import load_point_features
     from sas3d.text.encoders import build_text_encoder
     from sas3d.text.labelsets import LabelSet, get_label_set
 
+    if args.tta < 1:
+        raise InputError(None, f"--tta must be >= 1, got {args.tta}")
     ls = LabelSet("custom", tuple(parse_classes(args.classes))) if args.classes is not None else get_label_set(args.labelset)
+    preflight(args, reads=[args.source], scenes=[args.scene], label_sets=[args.scene_labelset], text_encoders=[args.text_encoder],
+              writes=[Output(args.out, "ply"), Output(legend_path(args.out), "json")])
     scene = open_scene(args.scene, args.scene_labelset)
     feats = load_point_features(args.source, scene, device=args.device, tta=args.tta)
     ct = build_class_text(ls, build_text_encoder(args.text_encoder, device=args.device))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sas3d.commands.preflight import Output, add_overwrite_option, add_skip_invalid_poses_option, preflight
+
 HELP = "segment a scene into superpoints (ScanNet mesh segmentator / kNN graph)"
 DESCRIPTION = """\
 Over-segment a scene into superpoints, as SAS uses for its superpoint losses: Felzenszwalb
@@ -29,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a SuperpointConfig field (k_threshold, min_size, knn, normal_knn)",
     )
+    add_skip_invalid_poses_option(parser)
+    add_overwrite_option(parser)
 
 
 def default_cache_dir(scene_path: Path) -> Path:
@@ -48,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from sas3d.utils.atomic import atomic_path
 
     cfg = from_dict(SuperpointConfig, apply_overrides({}, args.overrides), "superpoints")
-    scene = load_scene(args.scene, labels=False)
+    target = Output(args.out, "npy") if args.out is not None else Output(default_cache_dir(args.scene), "folder")
+    preflight(args, scenes=[args.scene], writes=[target])
+    scene = load_scene(args.scene, labels=False, skip_invalid_poses=args.skip_invalid_poses)
     t0 = time.perf_counter()
     if args.out is None:
         cache = default_cache_dir(args.scene)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sas3d.commands.preflight import Output, add_overwrite_option, preflight
+
 HELP = "distil fused 2D features into a 3D student (recipes: openscene, ggsd, sas; supervised reference)"
 DESCRIPTION = """\
 Train the 3D student (MinkUNet18A) on scenes with fused 2D features (from `sas3d fuse`).
@@ -37,9 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the config's device")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    add_overwrite_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    preflight(args, reads=[(Path(args.fused), "*.safetensors")],
+              writes=[Output(Path(args.out), "folder", replaces=("config.yaml", "checkpoints", "last.safetensors", "metrics.csv", "tb", "tesd"),
+                             marker="config.yaml")])
     from sas3d.distill.config import load_train_config
     from sas3d.distill.data import read_scene_list
     from sas3d.distill.trainer import train

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from sas3d.demo.camera_path import CameraPathConfig, camera_path, look_pose
 from sas3d.geometry.raster import face_normals, headlight_shading, pixel_labels, rasterize, shade, world_to_camera
 from sas3d.scene.types import IGNORE_LABEL
+from sas3d.utils.atomic import make_temp_dir
 
 LAYOUT_DIRS = ("color", "depth", "pose", "intrinsic", "label")
 
@@ -101,7 +101,7 @@ def render_views(
     normals = face_normals(vertices, faces)
     seen = np.zeros(len(vertices), dtype=bool)
     frames, valid, kept = [], [], []
-    tmp = Path(tempfile.mkdtemp(prefix=".render-", dir=out_dir))
+    tmp = make_temp_dir(out_dir, "render")  # umask mode; a killed run's leftover is swept by the next
     try:
         for name in LAYOUT_DIRS[:4] + (("label",) if labels is not None else ()):
             (tmp / name).mkdir()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -734,7 +733,7 @@ def build_embedded_dataset(out_dir: str | Path, n_train: int = 3, n_val: int = 1
     """
     from tqdm import tqdm
 
-    from sas3d.utils.atomic import write_json_atomic
+    from sas3d.utils.atomic import make_temp_dir, write_json_atomic
 
     out_dir = Path(out_dir)
     params = dict(version=GENERATOR_VERSION, n_train=n_train, n_val=n_val, n_views=n_views, width=width,
@@ -752,7 +751,7 @@ def build_embedded_dataset(out_dir: str | Path, n_train: int = 3, n_val: int = 1
         if old.get("params") == params and all(p.is_dir() for ps in result.values() for p in ps):
             return result
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, out_dir.name)
     try:
         rooms = []
         for split, name, room_type, room_seed in tqdm(specs, desc="embedded rooms", unit="room", disable=not progress):

@@ -1,4 +1,4 @@
-"""Evaluate open-vocabulary predictions on labelled scenes (OpenScene protocol, REFERENCE.md "Evaluation").
+"""Evaluate open-vocabulary predictions on labelled scenes (OpenScene protocol: run/evaluate.py, util/metric.py).
 
 Modes: ``distill`` classifies the 3D model's features, ``fusion`` the fused 2D features (unseen
 points have no prediction and count as wrong), ``ensemble`` picks per point whichever of the two is

@@ -22,7 +22,6 @@ containers; we additionally allow only numpy's array-rebuild function, ``ndarray
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,50 +31,7 @@ import torch
 from sas3d.errors import InputError
 from sas3d.fusion.features import PointFeatures
 from sas3d.scene.types import IGNORE_LABEL, Scene
-
-
-_NUMERIC_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
-
-
-def _numpy_safe_globals() -> list:
-    from numpy._core.multiarray import _reconstruct
-
-    # Files written under numpy 1.x name the rebuild function numpy.core.multiarray._reconstruct.
-    return [
-        (_reconstruct, "numpy._core.multiarray._reconstruct"),
-        (_reconstruct, "numpy.core.multiarray._reconstruct"),
-        (np.ndarray, "numpy.ndarray"),
-        (np.dtype, "numpy.dtype"),
-    ] + [type(np.dtype(t)) for t in _NUMERIC_DTYPES]  # BUILD of a dtype needs its concrete class allowlisted
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` that only materialises tensors, numeric numpy arrays and plain containers.
-
-    Raises :class:`InputError` if the file needs any other pickled global (a custom class, a
-    function): we never execute code from a downloaded file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:  # only scans the pickle opcodes, executes nothing
-            allowed = {name for _, name in _numpy_safe_globals()[:4]}
-            names = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
-        except Exception:
-            names = []
-        what = f" ({', '.join(names[:5])})" if names else ""
-        raise InputError(
-            path,
-            f"contains pickled Python objects{what} besides tensors and numeric arrays; refusing to load it because "
-            "unpickling them would execute code from the file. Re-save it with plain tensors where you trust it.",
-        ) from None
-    except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
-        raise InputError(path, f"not a readable torch file ({type(exc).__name__}: {exc})") from None
-    return obj
+from sas3d.utils.torch_io import safe_torch_load  # noqa: F401  (also imported from here by tests)
 
 
 def _tensor(path: Path, obj: Any, what: str) -> torch.Tensor:

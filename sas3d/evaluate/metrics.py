@@ -1,4 +1,4 @@
-"""Segmentation metrics: confusion matrix, per-class IoU / accuracy, mIoU / mAcc (REFERENCE.md "Evaluation").
+"""Segmentation metrics: confusion matrix, per-class IoU / accuracy, mIoU / mAcc (OpenScene util/metric.py protocol).
 
 Convention: rows are ground truth, columns are predictions. The matrix has one extra last column,
 "no prediction", for points whose prediction is missing (-1, 255 or any id outside ``[0, K)``, e.g.

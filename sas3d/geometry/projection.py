@@ -26,7 +26,7 @@ from sas3d.scene.types import Frame
 
 @dataclass
 class ProjectionConfig:
-    """Visibility thresholds of multi-view fusion (REFERENCE.md, OpenScene protocol)."""
+    """Visibility thresholds of multi-view fusion (OpenScene's scripts/feature_fusion/*.py: cut_num_pixel_boundary, visibility_threshold)."""
 
     border_margin: int = 10  # px dropped at every image border; OpenScene code: 10 indoor, 5 nuScenes
     depth_threshold: float = 0.25  # relative occlusion tolerance t; OpenScene code 0.25 ScanNet (SAS paper: 0.2), 0.02 Matterport

@@ -37,10 +37,10 @@ class SuperpointConfig:
     """Parameters of the superpoint segmentation."""
 
     k_threshold: float = 0.01  # ScanNet segmentator default kThresh (SAS/OpenScene superpoints)
-    min_size: int = 60  # REFERENCE.md: minimum segment size 60 vertices (segmentator CLI default is 20)
+    min_size: int = 60  # official SAS code's segmentator setting: 60 vertices (the segmentator CLI default is 20)
     knn: int = 10  # point clouds: graph neighbours per point (our choice; no reference value)
     normal_knn: int = 16  # point clouds: neighbours for the PCA normal (our choice)
-    per_point_kinds: tuple[str, ...] = ("nuscenes",)  # REFERENCE.md: outdoor = one superpoint per point
+    per_point_kinds: tuple[str, ...] = ("nuscenes",)  # SAS Sec. 3.5: every nuScenes point is its own superpoint
 
 
 def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

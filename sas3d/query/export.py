@@ -95,6 +95,10 @@ def write_label_ply(path: str | Path, scene: Scene, labels: Any, class_names: Se
         ],
         **(extra_legend or {}),
     }
-    legend_path = path.with_suffix(".legend.json")
-    write_json_atomic(legend_path, legend)
-    return legend_path
+    write_json_atomic(legend_path(path), legend)
+    return legend_path(path)
+
+
+def legend_path(ply: str | Path) -> Path:
+    """``<name>.legend.json`` next to a label PLY."""
+    return Path(ply).with_suffix(".legend.json")

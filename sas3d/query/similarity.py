@@ -36,7 +36,8 @@ def text_similarity(point_features: Any, text_embedding: Any) -> torch.Tensor:
 def query_prompt(text: str, mode: str = "auto") -> str:
     """The string actually encoded for a free-text query.
 
-    ``raw``: as typed. ``template``: "a {text} in a scene" (the prompt the label sets use, REFERENCE.md).
+    ``raw``: as typed. ``template``: "a {text} in a scene" (the prompt the label sets use: OpenScene's
+    prompt engineering, SAS Sec. 4.1).
     ``auto`` (default): a bare name of up to three words ("chair", "shower curtain") is templated so it
     matches how class texts were encoded; anything longer is taken as a sentence and used as typed.
     """
@@ -122,3 +123,15 @@ def load_point_features(
     if pf.num_points != scene.num_points:
         raise InputError(path, f"has features for {pf.num_points} points but scene {scene.name!r} has {scene.num_points}")
     return pf
+
+
+def truncation_warning(encoder: Any, prompt: str) -> str | None:
+    """A warning when ``prompt`` is longer than ``encoder`` reads (the rest would be dropped silently), else None."""
+    from sas3d.text.encoders import token_counts
+
+    counts = token_counts(encoder, prompt)
+    if counts is None or counts[1] >= counts[0]:
+        return None
+    total, kept = counts
+    return (f"the query is {total} tokens long but the {getattr(encoder, 'name', 'text')} encoder reads only the first "
+            f"{kept}: the last {total - kept} tokens do not change the result; shorten the query")

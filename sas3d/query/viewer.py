@@ -4,20 +4,36 @@ superpoints, or similarity to a typed text query.
 :class:`SceneViewer` holds all state and logic; the viser server is only its front end, so
 ``set_query("chair")`` / ``set_mode("prediction")`` work (and are tested) without a browser.
 The server binds to 127.0.0.1 by default: it is meant for the user's own machine.
+
+Websocket origins: any web page a user visits could open ``ws://127.0.0.1:8080`` and read the
+scan, because browsers let pages connect websockets anywhere. The viewer therefore accepts a
+websocket only from its own page (:func:`origin_allowed`: the Origin header names this port on a
+loopback address, or the host the browser used when that is an IP address or this machine's name,
+or an origin given with ``allowed_origins``) and closes every other one (code 1008) before any scene
+data is sent. Clients that send no Origin are not browsers (a local script) and are let in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from sas3d.scene.types import IGNORE_LABEL
 
+log = logging.getLogger(__name__)
+
 MODES = ("rgb", "ground truth", "prediction", "superpoints", "query")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+POLICY_VIOLATION = 1008  # websocket close code
 UNSEEN_GREY = (90, 90, 90)  # points without features / labels
 POINT_SIZE = 0.02  # metres; about the ScanNet vertex spacing
 
@@ -38,7 +54,7 @@ class ViewerData:
 
 
 def load_viewer_data(scene_path: str | Path, features: str | Path | None = None, max_points: int = 200_000,
-                     seed: int = 0, superpoints: bool = True) -> ViewerData:
+                     seed: int = 0, superpoints: bool = True, skip_invalid_poses: bool = False) -> ViewerData:
     """Load a scene (any layout) and optionally per-point features from a checkpoint or fused file
     (``sas3d.query.similarity.load_point_features``), keeping at most ``max_points`` random points."""
     import torch
@@ -46,7 +62,7 @@ def load_viewer_data(scene_path: str | Path, features: str | Path | None = None,
     from sas3d.query.similarity import load_point_features
     from sas3d.scene.readers import load_scene
 
-    scene = load_scene(scene_path)
+    scene = load_scene(scene_path, skip_invalid_poses=skip_invalid_poses)
     pf = load_point_features(features, scene) if features is not None else None
     sp = scene.superpoints
     if sp is None and superpoints:
@@ -65,6 +81,49 @@ def load_viewer_data(scene_path: str | Path, features: str | Path | None = None,
         features=None if pf is None else pf.features[idx], seen=None if pf is None else pf.seen[idx].numpy(),
         feature_source=None if features is None else str(features),
     )
+
+
+def _split_host(netloc: str) -> tuple[str, int | None]:
+    parts = urlsplit("//" + netloc)
+    try:
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:  # a malformed port
+        return (parts.hostname or "").lower(), -1
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def origin_allowed(origin: str | None, host_header: str | None, port: int, extra: Iterable[str] = ()) -> bool:
+    """Whether a websocket handshake with this ``Origin`` / ``Host`` may see the scene (see the module docstring).
+
+    A DNS name other than this machine's is refused even when it matches the Host header: an
+    attacker's name that resolves to 127.0.0.1 (DNS rebinding) would otherwise look same-origin.
+    """
+    if origin is None:
+        return True
+    if origin.rstrip("/") in {o.rstrip("/") for o in extra}:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https"):
+        return False
+    try:
+        name, oport = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if oport != port:
+        return False
+    if name in LOOPBACK_NAMES or (_is_ip(name) and ipaddress.ip_address(name).is_loopback):
+        return True
+    host, hport = _split_host(host_header or "")
+    same_origin = name == host and (hport or 80) == oport
+    own_names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return same_origin and (_is_ip(name) or name in own_names)
 
 
 def label_palette(n: int) -> np.ndarray:
@@ -112,6 +171,7 @@ class SceneViewer:
         self.point_size = point_size
         self.mode = "rgb"
         self.query: str | None = None
+        self.query_warning: str | None = None  # set when the query was longer than the text encoder reads
         self.similarity: np.ndarray | None = None
         self.colors = data.rgb.copy()
         self.server = None
@@ -183,14 +243,18 @@ class SceneViewer:
     def set_query(self, text: str) -> np.ndarray:
         """Colour points by cosine similarity to the text query; returns the (N,) similarities."""
         from sas3d.errors import InputError
-        from sas3d.query.similarity import query_prompt, text_similarity
+        from sas3d.query.similarity import query_prompt, text_similarity, truncation_warning
 
         if self.data.features is None:
             raise InputError(None, "no per-point features loaded: start the viewer with --checkpoint or --fused to query")
-        emb = self.text_encoder.encode([query_prompt(text)])[0]
+        prompt = query_prompt(text)
+        warning = truncation_warning(self.text_encoder, prompt)
+        if warning:
+            log.warning("viewer: %s", warning)
+        emb = self.text_encoder.encode([prompt])[0]
         sim = text_similarity(self.data.features, emb).numpy()
         with self._lock:
-            self.query, self.similarity = text, sim
+            self.query, self.similarity, self.query_warning = text, sim, warning
             self.colors = colorize_scores(sim, self._seen())
             self.mode = "query"
             self._push()
@@ -213,18 +277,29 @@ class SceneViewer:
         if self.mode == "query" and self.similarity is not None and self._seen().any():
             seen = self._seen()
             lines.append(f"query \"{self.query}\": similarity {self.similarity[seen].min():.3f} .. {self.similarity[seen].max():.3f}")
+            if self.query_warning:
+                lines.append(f"warning: {self.query_warning}")
         if d.feature_source is None:
             lines.append("no features loaded (use --checkpoint or --fused to query)")
         else:
             lines.append(f"features: {Path(d.feature_source).name}")
         return "  \n".join(lines)
 
-    def start(self, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False):
-        """Start the viser server (background threads) and build the scene and GUI."""
+    def start(self, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, allowed_origins: Iterable[str] = ()):
+        """Start the viser server (background threads) and build the scene and GUI.
+
+        Websockets from other origins than the viewer's own page (and ``allowed_origins``) are closed.
+        """
         import viser
 
         server = viser.ViserServer(host=host, port=port, verbose=verbose)
         self.server = server
+        try:
+            _guard_origins(server, tuple(allowed_origins))
+        except Exception:
+            server.stop()
+            self.server = None
+            raise
         pts = self.data.points
         centre = (pts.min(0) + pts.max(0)) / 2 if len(pts) else np.zeros(3)
         extent = float(np.ptp(pts[:, :2], axis=0).max()) if len(pts) else 1.0
@@ -262,3 +337,36 @@ class SceneViewer:
             self.server.stop()
             self.server = None
             self._handles.clear()
+
+
+def _guard_origins(server: Any, extra: tuple[str, ...]) -> None:
+    """Close websockets whose Origin :func:`origin_allowed` refuses, before viser sends them anything.
+
+    viser (1.x) has no origin option; its infra server keeps each raw websocket connection (with the
+    handshake headers) in ``_live_connections`` before it runs the connect callbacks, and starts
+    sending only after them. We add a callback there, and close foreign connections made before it.
+    Fails (no server) if viser's internals change, rather than serve unguarded.
+    """
+    ws = getattr(server, "_websock_server", None)
+    live = getattr(ws, "_live_connections", None)
+    loop = getattr(ws, "_background_event_loop", None)
+    if ws is None or not isinstance(live, dict) or loop is None:
+        raise RuntimeError("this viser version does not expose its websocket connections: cannot check origins, not serving")
+    port = server.get_port()
+
+    def refused(raw: Any) -> bool:
+        headers = raw.request.headers
+        if origin_allowed(headers.get("Origin"), headers.get("Host"), port, extra):
+            return False
+        log.warning("viewer: refused a websocket from origin %s (not this viewer's page)", headers.get("Origin"))
+        return True
+
+    async def check(conn: Any) -> None:
+        raw = live.get(conn.client_id)
+        if raw is not None and refused(raw):
+            await raw.close(POLICY_VIOLATION, "origin not allowed")
+
+    ws.on_client_connect(check)
+    for raw in list(live.values()):  # connected before the check was registered (nothing sent to them yet)
+        if refused(raw):
+            asyncio.run_coroutine_threadsafe(raw.close(POLICY_VIOLATION, "origin not allowed"), loop).result(timeout=10)

@@ -48,6 +48,7 @@ class Scene:
     label_set: str | None = None  # e.g. "scannet20"
     superpoints: np.ndarray | None = None  # (N,) int64
     frames: list[Frame] = field(default_factory=list)
+    skipped_frames: list[str] = field(default_factory=list)  # "<pose file>: <why>" for frames left out
 
     @property
     def num_points(self) -> int:
@@ -55,6 +56,8 @@ class Scene:
 
     def __repr__(self) -> str:  # the arrays would flood a terminal
         parts = [f"{self.num_points} points", f"{len(self.frames)} frames"]
+        if self.skipped_frames:
+            parts.append(f"{len(self.skipped_frames)} skipped")
         if self.faces is not None:
             parts.append(f"{len(self.faces)} faces")
         if self.labels is not None:

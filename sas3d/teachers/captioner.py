@@ -116,9 +116,12 @@ class HFCaptioner(Captioner):
         if model is None or processor is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
+            from sas3d.utils.hub import pretrained_options
+
             try:
-                processor = processor or AutoProcessor.from_pretrained(model_id)
-                model = model or AutoModelForImageTextToText.from_pretrained(model_id)
+                opts = pretrained_options(model_id, "captioner")
+                processor = processor or AutoProcessor.from_pretrained(model_id, **opts)
+                model = model or AutoModelForImageTextToText.from_pretrained(model_id, **opts)
             except OSError as exc:
                 raise ConfigError(f"cannot load captioner {model_id!r}: {exc}") from exc
         self.model = model.to(device).eval()

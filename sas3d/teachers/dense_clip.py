@@ -70,8 +70,10 @@ class DenseCLIPTeacher(Teacher):
         if model is None:
             from transformers import CLIPModel
 
+            from sas3d.utils.hub import pretrained_options
+
             try:
-                model = CLIPModel.from_pretrained(self.config.model_id)
+                model = CLIPModel.from_pretrained(self.config.model_id, **pretrained_options(self.config.model_id, "CLIP model"))
             except OSError as exc:
                 raise ConfigError(f"cannot load CLIP model {self.config.model_id!r}: {exc}") from exc
         self.model = model.to(device).eval()

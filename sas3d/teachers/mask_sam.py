@@ -106,10 +106,13 @@ class SamClipTeacher(Teacher):
         if sam_model is None or clip_model is None or clip_tokenizer is None:
             from transformers import CLIPModel, CLIPTokenizer, SamModel
 
+            from sas3d.utils.hub import pretrained_options
+
             try:
-                sam_model = sam_model or SamModel.from_pretrained(cfg.sam_model_id)
-                clip_model = clip_model or CLIPModel.from_pretrained(cfg.clip_model_id)
-                clip_tokenizer = clip_tokenizer or CLIPTokenizer.from_pretrained(cfg.clip_model_id)
+                sam_model = sam_model or SamModel.from_pretrained(cfg.sam_model_id, **pretrained_options(cfg.sam_model_id, "SAM model"))
+                clip_opts = pretrained_options(cfg.clip_model_id, "CLIP model")
+                clip_model = clip_model or CLIPModel.from_pretrained(cfg.clip_model_id, **clip_opts)
+                clip_tokenizer = clip_tokenizer or CLIPTokenizer.from_pretrained(cfg.clip_model_id, **clip_opts)
             except OSError as exc:
                 raise ConfigError(f"cannot load SAM/CLIP weights ({cfg.sam_model_id}, {cfg.clip_model_id}): {exc}") from exc
         from sas3d.text.clip import CLIPTextEncoder

@@ -36,9 +36,12 @@ class CLIPTextEncoder(TextEncoder):
                 raise ConfigError("CLIPTextEncoder needs a model id/path or both model= and tokenizer=")
             from transformers import CLIPModel, CLIPTokenizer
 
+            from sas3d.utils.hub import pretrained_options
+
             try:
-                model = model or CLIPModel.from_pretrained(model_id_or_path)
-                tokenizer = tokenizer or CLIPTokenizer.from_pretrained(model_id_or_path)
+                opts = pretrained_options(model_id_or_path, "CLIP text encoder")
+                model = model or CLIPModel.from_pretrained(model_id_or_path, **opts)
+                tokenizer = tokenizer or CLIPTokenizer.from_pretrained(model_id_or_path, **opts)
             except OSError as exc:  # missing weights offline, bad path
                 raise ConfigError(f"cannot load CLIP model {model_id_or_path!r}: {exc}") from exc
         self.model = model.to(device).eval()

@@ -91,3 +91,19 @@ def _cached_minilm(device: str) -> MiniLMTextEncoder:
 @lru_cache(maxsize=None)
 def _cached_centred_minilm(device: str) -> CenteredTextEncoder:
     return CenteredTextEncoder(_cached_minilm(device), reference_prompts())
+
+
+def token_counts(encoder: TextEncoder, text: str) -> tuple[int, int] | None:
+    """(tokens of ``text``, tokens ``encoder`` reads) with special tokens; None for an encoder we cannot ask.
+
+    The encoders truncate longer input, so words beyond the second number change nothing.
+    """
+    base = getattr(encoder, "base", encoder)  # CenteredTextEncoder wraps the model encoder
+    if isinstance(base, MiniLMTextEncoder):
+        tokenizer, limit = base.model.tokenizer, base.model.max_seq_length
+    else:  # CLIPTextEncoder
+        tokenizer, limit = getattr(base, "tokenizer", None), getattr(base, "max_length", None)
+    if tokenizer is None or limit is None:
+        return None
+    n = len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
+    return n, min(n, int(limit))

@@ -1,4 +1,7 @@
-"""Label sets (class-name lists shipped as data files) and the mappings between them (REFERENCE.md)."""
+"""Label sets (class-name lists shipped as data files) and the mappings between them.
+
+Class lists as in OpenScene's dataset/label_constants.py; nuScenes' 43 query names from SAS Table 8.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ from sas3d.scene.types import IGNORE_LABEL
 
 DATA_DIR = Path(__file__).parent / "labelsets"
 
-# NYU40 ids that ScanNet20 keeps, in ScanNet20 order (REFERENCE.md / ScanNet benchmark).
+# NYU40 ids that ScanNet20 keeps, in ScanNet20 order (the ScanNet benchmark's VALID_CLASS_IDS).
 NYU40_TO_SCANNET20_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
-# Names of the catch-all classes, encoded as the bare word "other" (REFERENCE.md).
+# Names of the catch-all classes, encoded as the bare word "other" (OpenScene util/util.py extract_text_feature).
 CATCH_ALL = {"otherfurniture", "other"}
-PROMPT_TEMPLATE = "a {name} in a scene"  # OpenScene/SAS query prompt
+PROMPT_TEMPLATE = "a {name} in a scene"  # OpenScene's prompt engineering, used by SAS (Sec. 4.1)
 
 
 @dataclass(frozen=True)
