@@ -1,44 +1,42 @@
-"""Benchmark: SAS distillation on the embedded default scenes (SAS Table 3 ablation) plus cost figures.
+"""Benchmark: the 3D student on the embedded default scenes: ablation, training speed, costs.
 
 Teachers are SIMULATED (sas3d/configs/teachers_simulated.yaml): the mIoU numbers show the
 pipeline and its orderings working, not what real LSeg / SEEM would score.
 
-1. Ablation. Builds the embedded procedural rooms (``--rooms`` training rooms + 1 held-out room,
-   ``--views`` rendered views each) and runs the whole pipeline (``sas3d.demo.pipeline.run_pipeline``,
-   GGSD row included) at the demo scale of ``sas3d demo`` (its ``DEMO_*`` constants). Prints the
-   ablation table on the held-out room and checks the SAS orderings, each as a ratio against the
-   row it must beat in the same run (e.g. "+TESD / guided 2D: 1.12x"). Target: every SAS stage
-   improves on the one before and the distilled student beats its fused 2D teacher. A reference
-   row trains the same student for the same epochs on ground-truth labels (``supervised`` recipe):
-   no distillation can be expected to beat it at that budget.
-2. Training throughput (voxels per second) of one training step (forward + backward + Adam step,
-   every voxel of one embedded training room supervised by a cosine loss) for the demo-width and
-   the full-width MinkUNet18A, at 5 cm and 2 cm voxels; peak memory of each (growth of the
-   process peak RSS over the RSS just before the model is built, and on CUDA
-   ``torch.cuda.max_memory_allocated``).
-3. Inference time per scene for a ~``--infer-points`` point generated room (mesh edge chosen to
-   reach that vertex count) with ``predict_point_features``, both widths, on CPU (and CUDA when
-   available). Reference, measured in the same run: multi-view fusion (``fuse_maps``) of one
-   teacher's pre-generated ``--dim``-channel maps over the same scene's ``--views`` rendered views,
-   i.e. the per-scene 2D work (teacher inference not counted) that the 3D student replaces at test
-   time. A ratio < 1 means the student is cheaper than fusion alone. Note the fusion kernel uses
-   all cores (numba) while the student runs on one CPU thread, so on CPU the ratio favours fusion.
+1. Ablation (``--skip-pipeline`` skips it). Builds the embedded procedural rooms (``--rooms``
+   training rooms + 1 held-out room, ``--views`` rendered views each) and runs the whole pipeline
+   (``sas3d.pipeline.runner.run_pipeline``, GGSD and the supervised reference included) at the demo
+   scale of ``sas3d demo`` (its ``DEMO_*`` constants and in-place student settings; ``--paper-student``
+   for the papers'). Prints both splits (in place, held out) and the SAS orderings, each as a ratio
+   against the row it must beat in the same run.
+2. Training engine speed (``--skip-engine`` skips it). The same SAS training run (demo student, 5 cm,
+   batch 2, augmentation on, half the epochs TESD) through ``sas3d train`` of the previous engine
+   (commit ``--baseline-commit``, extracted with ``git archive``: one process on one thread, batches
+   built in the loop, the TESD history as (N, C) features copied whole at every checkpoint) and of
+   this one (one process; then ``engine.procs=2`` gloo ranks with a loader worker each). Each is run
+   for 1 and for ``--engine-epochs`` epochs and the per-epoch cost is the difference divided by the
+   extra epochs, so start-up (imports, text encoder, scene loading) cancels. Both runs train the same
+   scene-steps on the same data; voxels per epoch come from this engine's metrics.csv.
+3. Costs (``--skip-costs``): voxels per second of one training step for the demo-width and full-width
+   MinkUNet18A at 5 cm and 2 cm; peak memory; inference time per scene against multi-view fusion of
+   one teacher over the same views (the per-scene 2D work the student replaces at test time).
 
-Each cost measurement runs in its own subprocess so its peak memory is its own. CPU sparse
-convolution runs on one thread (``cpu_single_thread``), as the trainer does.
+The last line printed is ``training speed-up: X.Xx`` (section 2: voxels per second of this engine,
+two ranks, over the previous single-thread engine, measured in this run).
 
     .venv/bin/python benchmarks/distill.py [--rooms 3] [--views 30] [--epochs N] [--width demo|full] [--out runs/bench_distill]
-    .venv/bin/python benchmarks/distill.py --epochs 4          # quick check
-    .venv/bin/python benchmarks/distill.py --skip-pipeline     # cost figures only
+    .venv/bin/python benchmarks/distill.py --skip-pipeline --skip-costs     # engine speed only
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -50,10 +48,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sas3d.commands.demo import (  # noqa: E402
-    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
+    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL, INPLACE_OVERRIDES)
 
 WIDTHS = {"demo": {"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]}, "full": {}}  # full = MinkUNet18A defaults
 PAPER_VOXEL = 0.02  # SAS / OpenScene indoor
+BASELINE_COMMIT = "9a54bf5"  # the last commit of the previous (single-thread) training engine
 
 
 def _rss_mb() -> float:
@@ -86,9 +85,10 @@ def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int,
     from sas3d.distill.losses import cosine_loss
     from sas3d.geometry.voxel import batch_coords, voxelize
     from sas3d.models.registry import build_model
-    from sas3d.models.spconv_compat import cpu_single_thread, ensure_spconv_cpu_backward
+    from sas3d.models.spconv_compat import ensure_spconv_cpu_backward
 
     ensure_spconv_cpu_backward()
+    torch.set_num_threads(1)  # as the trainer (engine.threads=1)
     points = load_scene(scene_dir, labels=False).points
     vox = voxelize(points, voxel)
     coords = torch.from_numpy(batch_coords([vox.coords])).to(device)
@@ -109,16 +109,15 @@ def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int,
         opt.step()
 
     times = []
-    with cpu_single_thread(device == "cpu"):
-        for i in range(steps + 1):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first step (allocations, spconv rule caches) is a warm-up
-                times.append(time.perf_counter() - t)
+    for i in range(steps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step (allocations, spconv rule caches) is a warm-up
+            times.append(time.perf_counter() - t)
     sec = float(np.median(times))
     return {"voxels": vox.num_voxels, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "s_per_step": sec, "voxels_per_s": vox.num_voxels / sec,
@@ -196,47 +195,122 @@ def run_worker(kind: str, **kw) -> dict | None:
 
 
 def ablation(args: argparse.Namespace, data: dict) -> None:
-    from sas3d.demo.pipeline import PipelineConfig, run_pipeline
-    from sas3d.demo.report import format_ratios, format_table, sas_ordering
+    from sas3d.pipeline.config import PipelineConfig
+    from sas3d.pipeline.report import format_ratios, format_tables, write_report
+    from sas3d.pipeline.runner import run_pipeline
 
     cfg = PipelineConfig(
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
-        final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS[args.width], ggsd=True,
-        supervised_reference=True, parallel_runs=os.cpu_count() or 1, seed=args.seed,
-        progress=not args.no_progress)
+        final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS[args.width], ggsd=True, augment=False,
+        train_overrides=[] if args.paper_student else list(INPLACE_OVERRIDES),
+        supervised_reference=True, parallel_runs=os.cpu_count() or 1, seed=args.seed, progress=not args.no_progress)
     start = time.perf_counter()
     report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
     elapsed = time.perf_counter() - start
     title = (f"benchmarks/distill.py: {len(data['train'])} embedded training rooms, held-out room "
              f"{data['val'][0].name}, {args.epochs} epochs, {args.width}-width student (SIMULATED teachers)")
+    _, _, summary = write_report(report, args.out, title, {"wall_clock_s": round(elapsed, 1)})
     print()
-    print(format_table(report, title))
-    teachers = [r for r in report.rows if r.key.startswith("teacher:")]
-    best_teacher = max(teachers, key=lambda r: r.miou)
-    # (name, numerator row, denominator row): each SAS step against the row it must beat
-    comparisons = [
-        (f"guided 2D / best single teacher ({best_teacher.label})", "fusion:guided", best_teacher.key),
-        ("guided 2D / add 2D", "fusion:guided", "fusion:add"),
-        ("guided 2D / linear 2D", "fusion:guided", "fusion:linear"),
-        ("pixel-point 3D / guided 2D", "distill:pixel_point", "fusion:guided"),
-        ("+superpoint / pixel-point", "distill:superpoint", "distill:pixel_point"),
-        ("+TESD / +superpoint", "distill:tesd", "distill:superpoint"),
-        ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),
-        ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
-        ("GGSD / guided 2D", "distill:ggsd", "fusion:guided"),
-        # not an ordering SAS claims: the same student on ground-truth labels bounds what any
-        # distillation can reach at this budget
-        ("supervised reference / guided 2D", "distill:supervised", "fusion:guided"),
-        ("+TESD / supervised reference", "distill:tesd", "distill:supervised"),
-    ]
-    print("\n" + format_ratios(report, comparisons))
-    checks = sas_ordering(report)
-    print(f"  sas_ordering(): {sum(checks.values())}/{len(checks)} hold"
-          + ("" if all(checks.values()) else "; failing: " + ", ".join(k for k, ok in checks.items() if not ok)))
+    print(format_tables(summary, title))
+    for split in summary["splits"]:
+        miou = {k: v["miou"] for k, v in summary["splits"][split]["stages"].items()}
+        best_teacher = max((k for k in miou if k.startswith("teacher:")), key=miou.get)
+        # (name, numerator row, denominator row): each SAS step against the row it must beat
+        comparisons = [
+            (f"guided 2D / best single teacher ({best_teacher})", "fusion:guided", best_teacher),
+            ("guided 2D / add 2D", "fusion:guided", "fusion:add"),
+            ("guided 2D / linear 2D", "fusion:guided", "fusion:linear"),
+            ("+superpoint / pixel-point", "distill:superpoint", "distill:pixel_point"),
+            ("+TESD / +superpoint", "distill:tesd", "distill:superpoint"),
+            ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),
+            ("+TESD / GGSD", "distill:tesd", "distill:ggsd"),
+            ("2D-3D ensemble / +TESD", "distill:ensemble", "distill:tesd"),
+            # not an ordering SAS claims: the same student on ground-truth labels, at this budget
+            ("+TESD / supervised reference", "distill:tesd", "distill:supervised"),
+        ]
+        print("\n" + format_ratios(summary, split, comparisons))
     print("\nwall-clock per stage (s):")
     for name, sec in report.timings.items():
         print(f"  {name:<45}{sec:8.1f}")
     print(f"  {'total':<45}{elapsed:8.1f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training engine speed: the previous engine (git) against this one, same run, same data
+
+
+def _baseline_source(commit: str, into: Path) -> Path | None:
+    """The sas3d package of ``commit`` (git archive), or None when there is no git history here."""
+    target = into / f"sas3d-{commit}"
+    if (target / "sas3d" / "__init__.py").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "sas3d"], capture_output=True)
+    if archive.returncode != 0:
+        print(f"  (git archive {commit} failed: {archive.stderr.decode().strip()}; no baseline engine)")
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def _timed_train(source: Path, scenes: list[Path], fused: Path, out: Path, epochs: int, overrides: list[str]) -> float:
+    """Wall-clock seconds of one `sas3d train` run of the package in ``source`` (fresh run folder)."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "sas3d", "train", "--recipe", "sas", "--scenes", ",".join(map(str, scenes)), "--fused", str(fused),
+           "--out", str(out), "--epochs", str(epochs)]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "PYTHONPATH": str(source), "TQDM_DISABLE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def engine_speed(args: argparse.Namespace, data: dict) -> float | None:
+    """Per-epoch cost of the previous engine and of this one; returns this engine (2 ranks) / previous."""
+    from sas3d.cli import main as cli_main
+
+    fused = args.out / "engine" / "fused"
+    scenes = list(data["train"])
+    for scene in scenes:
+        target = fused / f"{scene.name}.safetensors"
+        if not target.is_file():
+            assert cli_main(["fuse", str(scene), "--teacher", "simulated:lseg", "--out", str(target), "--no-progress"]) == 0
+    common = ["data.voxel_size=0.05", f"optim.lr={DEMO_LR}", f"optim.final_lr={DEMO_FINAL_LR}", "optim.batch_size=2",
+              f"model.options={{planes: {DEMO_PLANES}, init_dim: {DEMO_PLANES[0]}}}", "schedule.stage1_fraction=0.5",
+              "schedule.keep_checkpoints=1"]
+    engines = [("previous engine (1 process, 1 thread)", None, [])]
+    engines += [("this engine, 1 process", REPO, ["engine.procs=1"]),
+                ("this engine, 2 gloo ranks + loader workers", REPO, ["engine.procs=2"])]
+    baseline = _baseline_source(args.baseline_commit, args.out / "engine")
+    if baseline is None:
+        engines = engines[1:]
+    epochs = args.engine_epochs
+    print(f"\nTraining engine: SAS recipe on {len(scenes)} generated rooms, demo student at 5 cm, batch 2, augmentation on, "
+          f"{epochs} epochs ({epochs // 2} with TESD); per-epoch cost = (T[{epochs} epochs] - T[1 epoch]) / {epochs - 1}")
+    rates = {}
+    voxels = None
+    for name, source, extra in engines:
+        source = source or baseline
+        runs = {n: _timed_train(source, scenes, fused, args.out / "engine" / f"run_{len(rates)}_{n}", n, common + extra)
+                for n in (1, epochs)}
+        per_epoch = (runs[epochs] - runs[1]) / (epochs - 1)
+        if source == REPO and voxels is None:
+            with open(args.out / "engine" / f"run_{len(rates)}_{epochs}" / "metrics.csv") as fh:
+                rows = list(csv.DictReader(fh))
+            voxels = sum(int(r["voxels"]) for r in rows[1:]) / max(1, len(rows) - 1)
+        rates[name] = per_epoch
+        print(f"  {name:<46} {per_epoch:7.2f} s/epoch  (1 epoch {runs[1]:6.1f} s, {epochs} epochs {runs[epochs]:6.1f} s)", flush=True)
+    assert voxels is not None
+    print(f"  voxels per epoch (this engine's metrics.csv): {voxels:.0f}")
+    for name, per_epoch in rates.items():
+        print(f"  {name:<46} {voxels / per_epoch:9.0f} voxels/s")
+    if baseline is None:
+        return None
+    return rates[engines[0][0]] / rates[engines[-1][0]]
 
 
 def big_scene(out: Path, target: int, views: int, seed: int) -> Path:
@@ -265,7 +339,7 @@ def costs(args: argparse.Namespace, data: dict) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     room = data["train"][0]
     print(f"\nTraining throughput: one step = forward + backward + Adam on every voxel of {room.name} "
-          f"(median of {args.steps} steps after a warm-up; CPU on 1 thread as the trainer; {dim}-d targets)")
+          f"(median of {args.steps} steps after a warm-up; CPU on 1 thread, as each rank of the trainer; {dim}-d targets)")
     print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'params M':>9}{'s/step':>9}{'voxels/s':>10}"
           f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
     configurations = list(itertools.product(devices, WIDTHS, (DEMO_VOXEL, PAPER_VOXEL)))
@@ -307,8 +381,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (default 3)")
     parser.add_argument("--repeats", type=int, default=2, help="timed inference / fusion repeats (default 2)")
     parser.add_argument("--infer-points", type=int, default=150_000, help="points of the inference scene (default 150000)")
-    parser.add_argument("--skip-pipeline", action="store_true", help="only the throughput / memory / inference figures")
-    parser.add_argument("--skip-costs", action="store_true", help="only the ablation")
+    parser.add_argument("--skip-pipeline", action="store_true", help="skip the ablation")
+    parser.add_argument("--skip-costs", action="store_true", help="skip the throughput / memory / inference figures")
+    parser.add_argument("--skip-engine", action="store_true", help="skip the training-engine speed comparison")
+    parser.add_argument("--engine-epochs", type=int, default=8, help="epochs of the long engine runs (default 8)")
+    parser.add_argument("--baseline-commit", default=BASELINE_COMMIT, help=f"previous engine (default {BASELINE_COMMIT})")
+    parser.add_argument("--paper-student", action="store_true", help="ablation with the papers' student settings")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -327,7 +405,10 @@ def main() -> int:
         ablation(args, data)
     if not args.skip_costs:
         costs(args, data)
+    speedup = None if args.skip_engine else engine_speed(args, data)
     print(f"\npeak RSS of the main process: {_peak_rss_mb():.0f} MB (SIMULATED teachers)")
+    if speedup is not None:
+        print(f"training speed-up: {speedup:.1f}x")
     return 0
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stages whose owners replace their citations separately; remove an entry once its files are done.
-NOT_YET = ("sas3d/distill/", "sas3d/models/", "sas3d/configs/", "sas3d/capability/", "sas3d/teachers/",
-           "sas3d/fusion/", "tests/test_losses.py")
+NOT_YET = ("sas3d/configs/teachers_simulated.yaml", "sas3d/capability/", "sas3d/teachers/", "sas3d/fusion/")
 
 
 def test_no_citation_of_a_file_users_do_not_have():

@@ -36,10 +36,16 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path):
     a, meta_a = load_safetensors(tmp_path / "one" / "last.safetensors")
     b, meta_b = load_safetensors(tmp_path / "two" / "last.safetensors")
     assert meta_a["world_size"] == 1 and meta_b["world_size"] == 2
-    weights = [k for k in a if k.startswith("model.") and "num_batches" not in k]
-    assert len(weights) > 10 and a.keys() == b.keys()
-    for k in weights:
-        assert float((a[k] - b[k]).abs().max()) <= 1e-3 * (float(a[k].abs().max()) + 1e-6), k
+    assert a.keys() == b.keys()
+    lr = 0.01
+    params = torch.cat([(a[k] - b[k]).abs().flatten() for k in a if k.startswith("model.") and "running" not in k and "num_batches" not in k])
+    running = torch.cat([(a[k] - b[k]).abs().flatten() for k in a if "running" in k])
+    # Adam moves every weight by up to lr per step whatever its gradient's size, so the float rounding
+    # of near-zero gradient entries can show as a fraction of a step on a few weights: bound the worst
+    # weight by a tenth of a step and the average by 1e-4 of one. (Unsynchronised BatchNorm: mean
+    # difference 0.8 lr, worst 2 lr, running statistics 5e-2.)
+    assert params.numel() > 1000 and float(params.max()) <= 0.1 * lr and float(params.mean()) <= 1e-4 * lr
+    assert float(running.max()) <= 1e-4
     rows_a = (tmp_path / "one" / "metrics.csv").read_text().splitlines()
     rows_b = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
     loss_a = [float(r.split(",")[3]) for r in rows_a[1:]]

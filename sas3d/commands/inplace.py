@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         reads.append(Path(args.capability))
     preflight(args, reads=reads, scenes=args.scans, label_sets=[args.labelset], text_encoders=[args.text_encoder],
               teachers=args.teacher or [],
-              writes=[Output(Path(args.out), "folder", replaces=("*",), marker="run/config.yaml")])
+              writes=[Output(Path(args.out), "folder", replaces=("*",), marker="inplace.json")])
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
     from sas3d import load_scene
@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from sas3d.utils.atomic import write_json_atomic
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "inplace.json", {"command": "sas3d inplace", "scans": list(args.scans), "fused": args.fused,
+                                             "teachers": args.teacher, "capability": args.capability, "recipe": args.recipe})
     scans = [Path(s) for s in args.scans]
     scenes = [load_scene(s) for s in scans]
     names = [s.name for s in scenes]

@@ -85,12 +85,18 @@ class TESDHistory:
 
     def restore(self, counts: dict[str, int], scenes: list[str]) -> None:
         """Return to the state a checkpoint recorded: delete versions written after it (or of scenes it
-        did not reach); FileNotFoundError if a version it names is missing."""
+        did not reach); FileNotFoundError if a version it names is missing. Lists the folder once."""
+        wanted = {_safe(s): int(counts.get(s, 0)) for s in scenes}
+        pattern = re.compile(r"(.+)\.(\d+)\.npy$")
+        found: set[tuple[str, int]] = set()
+        for path in self.root.iterdir():
+            m = pattern.match(path.name)
+            if m and m.group(1) in wanted:
+                found.add((m.group(1), int(m.group(2))))
+                if int(m.group(2)) != wanted[m.group(1)]:
+                    path.unlink(missing_ok=True)
         for scene in scenes:
-            keep = int(counts.get(scene, 0))
-            if keep and not self._path(scene, keep).is_file():
+            keep = wanted[_safe(scene)]
+            if keep and (_safe(scene), keep) not in found:
                 raise FileNotFoundError(f"{self._path(scene, keep)}: TESD history of the checkpoint is missing; cannot resume exactly")
-            for version in self.versions(scene):
-                if version != keep:
-                    self._path(scene, version).unlink(missing_ok=True)
         self.pinned = {k: int(v) for k, v in counts.items() if int(v) > 0}
