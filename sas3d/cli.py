@@ -19,6 +19,7 @@ VERBS = [
     "query",
     "segment",
     "render-views",
+    "gaussians",
     "view",
     "demo",
 ]

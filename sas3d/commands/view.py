@@ -36,21 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from sas3d.query.viewer import SceneViewer, load_viewer_data
 
     data = load_viewer_data(args.scene, args.checkpoint or args.fused, max_points=args.max_points)
-    viewer = SceneViewer(data, point_size=args.point_size)
-    viewer.start(host=args.host, port=args.port)
-    if args.query:
-        viewer.set_query(args.query)
-    print(f"sas3d viewer for {data.name} ({len(data.points):,} points): http://{args.host}:{viewer.port}  (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        viewer.stop()
+    SceneViewer(data, point_size=args.point_size).serve(host=args.host, port=args.port, query=args.query)
     return 0
