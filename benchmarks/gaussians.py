@@ -98,6 +98,12 @@ def _render_speed(gs, frames, repeats: int) -> dict:
             for frame in frames:
                 composite(project_gaussians(scene, frame), scene.colors)
         out[label] = {"gaussians": scene.num_gaussians, "views_per_s": repeats * len(frames) / (time.perf_counter() - start)}
+    scores = np.zeros((gs.num_gaussians, 21), np.float32)  # a label map: K = 20 class scores + the seen weight
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for frame in frames:
+            composite(project_gaussians(gs, frame), scores)
+    out["labels_21ch"] = {"gaussians": gs.num_gaussians, "views_per_s": repeats * len(frames) / (time.perf_counter() - start)}
     start = time.perf_counter()
     for _ in range(repeats):
         for frame in frames:
@@ -273,6 +279,7 @@ def main() -> int:
         print(f"  {s['gaussians']:>7} Gaussians: {s['views_per_s']:.2f} views/s "
               f"({s['views_per_s'] / speed['mesh_raster']['views_per_s']:.2f}x the triangle rasteriser's "
               f"{speed['mesh_raster']['views_per_s']:.2f} views/s on the {speed['mesh_raster']['faces']}-face mesh)")
+    print(f"  {gs.num_gaussians:>7} Gaussians, 21-channel label scores: {speed['labels_21ch']['views_per_s']:.2f} views/s")
     print("\nwall-clock per stage (s):")
     for name, sec in timings.items():
         print(f"  {name:<45}{sec:8.1f}")

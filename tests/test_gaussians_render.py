@@ -134,3 +134,30 @@ def test_rendered_mesh_gaussians_cover_what_the_mesh_covers():
     inner = depth > 0
     assert (trans[inner] < 0.5).mean() > 0.98  # opaque where the mesh is
     np.testing.assert_allclose(median[inner & (median > 0)], depth[inner & (median > 0)], atol=0.03)
+
+
+def test_label_filt_nyu40_images_are_mapped_and_resized(tmp_path):
+    from PIL import Image
+
+    from sas3d.gaussians.semantic import read_label_image
+    from sas3d.text.labelsets import nyu40_to_scannet20
+
+    nyu = np.zeros((6, 8), np.uint16)
+    nyu[:, 4:] = 5  # NYU40 5 = chair
+    nyu[:3, :4] = 1  # wall
+    Image.fromarray(nyu).resize((16, 12), Image.NEAREST).save(tmp_path / "7.png")  # label-filt is larger than the view
+    frame = _frame(K, width=8, height=6, name="7")
+    lab = read_label_image(frame, tmp_path, nyu40=True)
+    np.testing.assert_array_equal(lab, nyu40_to_scannet20(nyu.astype(np.int64)))
+    assert set(np.unique(lab).tolist()) == {0, 4, 255}  # wall, chair, unknown (NYU40 0)
+
+
+def test_decode_needs_half_the_weight_from_gaussians_with_features():
+    from sas3d.gaussians.semantic import decode, gaussian_scores
+
+    text = torch.eye(3, 4)
+    feats = torch.tensor([[0.0, 2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 0]])
+    scores = gaussian_scores(feats, torch.tensor([True, True, False]), text)
+    np.testing.assert_allclose(scores, [[0, 1, 0, 1], [1, 0, 0, 1], [0, 0, 0, 0]], atol=1e-6)  # cosine, then seen
+    image = np.array([[[0.1, 0.3, 0.0, 0.6], [0.3, 0.1, 0.0, 0.4]]], np.float32)  # weights already folded in
+    assert decode(image).tolist() == [[1, -1]]

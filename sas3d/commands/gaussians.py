@@ -142,12 +142,15 @@ def _lift(args: argparse.Namespace) -> int:
     from sas3d.text.encoders import build_text_encoder
     from sas3d.text.labelsets import get_label_set
 
-    gs = read_gaussian_ply(args.gaussians)
-    frames = _views(args, "lift")
-    encoder = build_text_encoder(args.text_encoder)
     import sas3d
+    from sas3d.gaussians.views import split_views
 
+    gs = read_gaussian_ply(args.gaussians)
     scene = sas3d.load_scene(args.views, **({} if args.frame_stride is None else {"frame_stride": args.frame_stride}))
+    if not scene.frames:
+        raise ConfigError(f"{args.views}: the scan has no posed frames")
+    frames = split_views(scene.frames, args.holdout_every)[0]
+    encoder = build_text_encoder(args.text_encoder)
     ctx = TeacherContext(scene=scene, text_encoder=encoder, label_set=args.labelset, cache_dir=args.cache, seed=args.seed)
     cfg = LiftConfig(method=args.method, projection=projection_config_for(scene.kind))
     teachers = [build_teacher(spec, ctx) for spec in args.teacher]
