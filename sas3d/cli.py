@@ -22,6 +22,7 @@ VERBS = [
     "query",
     "segment",
     "render-views",
+    "gaussians",
     "view",
     "demo",
 ]

@@ -43,8 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from sas3d.errors import InputError
     from sas3d.query.similarity import query_prompt
     from sas3d.query.viewer import SceneViewer, load_viewer_data
@@ -57,16 +55,6 @@ def run(args: argparse.Namespace) -> int:
     preflight(args, reads=[args.checkpoint or args.fused], scenes=[args.scene])
     data = load_viewer_data(args.scene, args.checkpoint or args.fused, max_points=args.max_points,
                             skip_invalid_poses=args.skip_invalid_poses)
-    viewer = SceneViewer(data, point_size=args.point_size)
-    viewer.start(host=args.host, port=args.port, allowed_origins=args.allow_origin)
-    if args.query:
-        viewer.set_query(args.query)
-    print(f"sas3d viewer for {data.name} ({len(data.points):,} points): http://{args.host}:{viewer.port}  (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        viewer.stop()
+    SceneViewer(data, point_size=args.point_size).serve(host=args.host, port=args.port, query=args.query,
+                                                        allowed_origins=args.allow_origin)
     return 0

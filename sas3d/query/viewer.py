@@ -51,6 +51,9 @@ class ViewerData:
     features: Any = None  # (N, C) torch tensor (any float dtype) or None
     seen: np.ndarray | None = None  # (N,) bool: points that have features
     feature_source: str | None = None
+    # Gaussian splats (sas3d.gaussians.display.viewer_data): {"covariances": (N, 3, 3), "opacities": (N, 1)}
+    # float32; when set, the points are drawn as splats instead of a point cloud.
+    splats: dict[str, np.ndarray] | None = None
 
 
 def load_viewer_data(scene_path: str | Path, features: str | Path | None = None, max_points: int = 200_000,
@@ -266,6 +269,8 @@ class SceneViewer:
         h = self._handles
         if "cloud" in h:
             h["cloud"].colors = self.colors
+        if "splats" in h:
+            h["splats"].rgbs = self.colors
         if "mode" in h and h["mode"].value != self.mode:
             h["mode"].value = self.mode
         if "status" in h:
@@ -273,7 +278,7 @@ class SceneViewer:
 
     def _status(self) -> str:
         d = self.data
-        lines = [f"**{d.name}**: {len(d.points):,} points", f"colour: {self.mode}"]
+        lines = [f"**{d.name}**: {len(d.points):,} {'Gaussians' if d.splats is not None else 'points'}", f"colour: {self.mode}"]
         if self.mode == "query" and self.similarity is not None and self._seen().any():
             seen = self._seen()
             lines.append(f"query \"{self.query}\": similarity {self.similarity[seen].min():.3f} .. {self.similarity[seen].max():.3f}")
@@ -307,8 +312,13 @@ class SceneViewer:
         server.initial_camera.position = tuple(centre + np.array([0.0, -0.45 * extent, 1.0 * extent]))
         server.initial_camera.look_at = tuple(centre)
         h = self._handles
-        h["cloud"] = server.scene.add_point_cloud("/scene/points", pts, self.colors, point_size=self.point_size,
-                                                  point_shape="rounded", precision="float32")
+        if self.data.splats is not None:
+            h["splats"] = server.scene.add_gaussian_splats(
+                "/scene/splats", centers=pts, covariances=self.data.splats["covariances"],
+                rgbs=self.colors, opacities=self.data.splats["opacities"])
+        else:
+            h["cloud"] = server.scene.add_point_cloud("/scene/points", pts, self.colors, point_size=self.point_size,
+                                                      point_shape="rounded", precision="float32")
         h["status"] = server.gui.add_markdown(self._status())
         h["mode"] = server.gui.add_dropdown("colour", tuple(self.available_modes()), initial_value=self.mode)
         h["query"] = server.gui.add_text("query", initial_value="", disabled=self.data.features is None)
@@ -327,6 +337,23 @@ class SceneViewer:
                 self.set_query(text)
 
         return server
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8080, query: str | None = None, what: str = "points",
+              allowed_origins: Iterable[str] = ()) -> None:
+        """Start, optionally run ``query``, print the address and block until Ctrl-C, then stop."""
+        import time
+
+        self.start(host=host, port=port, allowed_origins=allowed_origins)
+        if query:
+            self.set_query(query)
+        print(f"sas3d viewer for {self.data.name} ({len(self.data.points):,} {what}): http://{host}:{self.port}  (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     @property
     def port(self) -> int | None:
