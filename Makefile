@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so nothing later resolves a CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# the CPU spconv build: this Makefile sets up CPU machines (GPU users: pip install -e ".[cu12]")
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,cpu]"
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -77,8 +77,8 @@ def _text_dim(spec: str) -> int:
 # Workers (one measurement per subprocess)
 
 
-def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int, device: str) -> dict:
-    """Time ``steps`` training steps (after one warm-up step) on one room."""
+def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int, device: str, batch: int = 1) -> dict:
+    """Time ``steps`` training steps (after one warm-up step) on ``batch`` copies of one room in one batch."""
     import torch
 
     from sas3d import load_scene
@@ -91,7 +91,7 @@ def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int,
     torch.set_num_threads(1)  # as the trainer (engine.threads=1)
     points = load_scene(scene_dir, labels=False).points
     vox = voxelize(points, voxel)
-    coords = torch.from_numpy(batch_coords([vox.coords])).to(device)
+    coords = torch.from_numpy(batch_coords([vox.coords] * batch)).to(device)
     feats = torch.ones((len(coords), 1), device=device)
     gen = torch.Generator().manual_seed(0)
     target = torch.nn.functional.normalize(torch.randn(len(coords), dim, generator=gen), dim=1).to(device)
@@ -103,7 +103,7 @@ def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int,
         torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
-        loss = cosine_loss(model(feats, coords, 1), target)
+        loss = cosine_loss(model(feats, coords, batch), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,8 +119,8 @@ def worker_train(scene_dir: str, width: str, voxel: float, steps: int, dim: int,
         if i:  # the first step (allocations, spconv rule caches) is a warm-up
             times.append(time.perf_counter() - t)
     sec = float(np.median(times))
-    return {"voxels": vox.num_voxels, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "s_per_step": sec, "voxels_per_s": vox.num_voxels / sec,
+    return {"voxels": len(coords), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "s_per_step": sec, "voxels_per_s": len(coords) / sec,
             "peak_rss_growth_mb": _peak_rss_mb() - rss0,
             "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
 
@@ -200,15 +200,16 @@ def ablation(args: argparse.Namespace, data: dict) -> None:
     from sas3d.pipeline.runner import run_pipeline
 
     cfg = PipelineConfig(
-        images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
+        images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=args.voxel, lr=DEMO_LR,
         final_lr=DEMO_FINAL_LR, batch_size=1, model_options=WIDTHS[args.width], ggsd=True, augment=False,
         train_overrides=[] if args.paper_student else list(INPLACE_OVERRIDES),
-        supervised_reference=True, parallel_runs=os.cpu_count() or 1, seed=args.seed, progress=not args.no_progress)
+        supervised_reference=True, parallel_runs=1 if args.device == "cuda" else (os.cpu_count() or 1), seed=args.seed,
+        device=args.device, progress=not args.no_progress)
     start = time.perf_counter()
     report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
     elapsed = time.perf_counter() - start
     title = (f"benchmarks/distill.py: {len(data['train'])} embedded training rooms, held-out room "
-             f"{data['val'][0].name}, {args.epochs} epochs, {args.width}-width student (SIMULATED teachers)")
+             f"{data['val'][0].name}, {args.epochs} epochs, {args.width}-width student at {args.voxel * 100:.0f} cm (SIMULATED teachers)")
     _, _, summary = write_report(report, args.out, title, {"wall_clock_s": round(elapsed, 1)})
     print()
     print(format_tables(summary, title))
@@ -343,10 +344,12 @@ def costs(args: argparse.Namespace, data: dict) -> None:
     print(f"  {'model':<12}{'device':<7}{'voxel':>7}{'voxels':>9}{'params M':>9}{'s/step':>9}{'voxels/s':>10}"
           f"{'peak RSS +MB':>13}{'CUDA MB':>9}")
     configurations = list(itertools.product(devices, WIDTHS, (DEMO_VOXEL, PAPER_VOXEL)))
-    for device, width, voxel in configurations:
-        r = run_worker("train", scene_dir=str(room), width=width, voxel=voxel, steps=args.steps, dim=dim, device=device)
+    # batch 12 (the SAS paper's) only where it fits a step in seconds: on a GPU, full width at 2 cm
+    batches = [(d, w, v, 1) for d, w, v in configurations] + ([("cuda", "full", PAPER_VOXEL, 12)] if "cuda" in devices else [])
+    for device, width, voxel, batch in batches:
+        r = run_worker("train", scene_dir=str(room), width=width, voxel=voxel, steps=args.steps, dim=dim, device=device, batch=batch)
         if r:
-            print(f"  {width:<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['params_m']:>9.2f}"
+            print(f"  {width + (f' x{batch}' if batch > 1 else ''):<12}{device:<7}{voxel * 100:>5.0f}cm{r['voxels']:>9}{r['params_m']:>9.2f}"
                   f"{r['s_per_step']:>9.2f}{r['voxels_per_s']:>10.0f}{r['peak_rss_growth_mb']:>13.0f}{_cuda_mb(r):>9}", flush=True)
 
     scene = big_scene(args.out, args.infer_points, args.views, args.seed)
@@ -387,6 +390,8 @@ def main() -> int:
     parser.add_argument("--engine-epochs", type=int, default=8, help="epochs of the long engine runs (default 8)")
     parser.add_argument("--baseline-commit", default=BASELINE_COMMIT, help=f"previous engine (default {BASELINE_COMMIT})")
     parser.add_argument("--paper-student", action="store_true", help="ablation with the papers' student settings")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the ablation's training runs")
+    parser.add_argument("--voxel", type=float, default=DEMO_VOXEL, help=f"voxel size of the ablation (default {DEMO_VOXEL}; paper 0.02)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

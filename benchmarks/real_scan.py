@@ -80,6 +80,12 @@ def main() -> int:
     parser.add_argument("--no-ggsd", action="store_true", help="skip the GGSD row")
     parser.add_argument("--augment", action="store_true",
                         help="augment the training scene (the recipes' default; off here, see the module docstring)")
+    parser.add_argument("--teacher", action="append", default=None, metavar="SPEC",
+                        help="teacher spec (repeatable; default simulated:lseg and simulated:seem), e.g. "
+                             "simulated:benchmarks/teachers_unseen.yaml#unseen-dense")
+    parser.add_argument("--capability", choices=["generated", "oracle"], default="generated",
+                        help="capability for guided fusion: SAS's generated-image IoU (default) or each teacher's true "
+                             "per-class IoU on the scan (reads its labels: a diagnostic, not annotation-free)")
     parser.add_argument("--paper-student", action="store_true",
                         help="the papers' student (geometry-only input, unweighted losses) instead of the in-place settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -102,6 +108,7 @@ def main() -> int:
     start = time.perf_counter()
     scene_dir, render_s = render_scene(args.out, args.views, args.width, args.height, args.seed)
     cfg = PipelineConfig(
+        **({"teachers": list(args.teacher)} if args.teacher else {}), capability=args.capability,
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
         final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
         train_overrides=([] if args.paper_student else list(INPLACE_OVERRIDES)) + list(args.set),

@@ -39,6 +39,10 @@ def test_inplace_labels_scans_writes_student_and_ensemble_and_scores(tmp_path, c
 
     resolved = yaml.safe_load((out / "run" / "config.yaml").read_text())
     assert resolved["data"]["input"] == "rgb" and resolved["loss"]["balance"] == "class" and resolved["schedule"]["epochs"] == 3
-    # a scan without fused features is named before any training
+    # a missing fused folder, or a scan without fused features, is named before any training
     assert main(["inplace", str(scans[0]), "--fused", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
-    assert scans[0].name in capsys.readouterr().err
+    assert "nowhere: not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["inplace", str(scans[0]), "--fused", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err
+    assert scans[0].name in err and "sas3d fuse" in err

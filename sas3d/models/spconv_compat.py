@@ -29,12 +29,27 @@ INSTALL_HINT = ("the 3D student needs spconv: `pip install sas3d[cpu]` on a CPU-
                 "`pip install sas3d[cu12]` with CUDA 12 (spconv-cu120); never both")
 
 
+def spconv_distributions() -> list[str]:
+    """The installed distributions that provide the ``spconv`` module (spconv, spconv-cu121, ...)."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return sorted(n for n in names if n == "spconv" or n.startswith("spconv-cu"))
+
+
 def import_spconv() -> ModuleType:
-    """``spconv.pytorch``, or an ImportError saying which extra to install."""
+    """``spconv.pytorch``, or an ImportError saying which extra to install; warns when two spconv
+    builds are installed (they overwrite each other's files, and which one loads is an accident)."""
+    import warnings
+
     try:
-        return importlib.import_module("spconv.pytorch")
+        module = importlib.import_module("spconv.pytorch")
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
+    found = spconv_distributions()
+    if len(found) > 1:
+        warnings.warn(f"several spconv builds are installed ({', '.join(found)}): uninstall all but one ({INSTALL_HINT})", stacklevel=2)
+    return module
 
 
 def _null_stream() -> int:

@@ -112,29 +112,60 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
 
     teacher_names = [build_teacher(spec, context(None)).name for spec in cfg.teachers]
     simulated = any("simulated" in n for n in teacher_names)
-    with _Timer(timings, "capability (generated images)", log):
-        teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
-        cap = compute_capability(teachers, ProceduralGenerator(), cfg.vocabulary, cfg.images_per_class, encoder,
-                                 out / "capability", teacher_names=teacher_names, label_set=cfg.labelset, progress=cfg.progress)
-        cap.save(out / "capability.json")
-        plot_capability(cap, out / "capability.png")
-        cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
-        log(_capability_summary(cap, teacher_names))
-
     fused_dirs = {name: out / "fused" / name for name in teacher_names + list(FUSION_ROWS)}
     with _Timer(timings, "teachers + multi-view fusion", log):
+        per_scene = {}
         for scene in scenes.values():
-            per_teacher = []
+            per_scene[scene.name] = []
             for spec, name in zip(cfg.teachers, teacher_names):
                 pf = fuse_teacher(scene, build_teacher(spec, context(scene)), progress=cfg.progress)
                 pf.save(fused_dirs[name] / f"{scene.name}.safetensors")
-                per_teacher.append(pf)
+                per_scene[scene.name].append(pf)
+    if cfg.capability == "oracle":
+        with _Timer(timings, "capability (ORACLE: true per-class IoU on the scenes)", log):
+            cap_scores = _oracle_capability(per_scene, list(scenes.values()), class_text, teacher_names, label_set, out)
+    else:
+        with _Timer(timings, "capability (generated images)", log):
+            teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
+            cap = compute_capability(teachers, ProceduralGenerator(), cfg.vocabulary, cfg.images_per_class, encoder,
+                                     out / "capability", teacher_names=teacher_names, label_set=cfg.labelset, progress=cfg.progress)
+            cap.save(out / "capability.json")
+            plot_capability(cap, out / "capability.png")
+            cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
+            log(_capability_summary(cap, teacher_names))
+    with _Timer(timings, "add / linear / guided fusion", log):
+        for scene in scenes.values():
             for method in FUSION_ROWS:
-                fused = fuse_teachers(per_teacher, class_text, method, cap_scores if method == "guided" else None,
+                fused = fuse_teachers(per_scene[scene.name], class_text, method, cap_scores if method == "guided" else None,
                                       GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
                                       capability_source=str(out / "capability.json"))
                 fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
     return teacher_names, simulated, fused_dirs
+
+
+def _oracle_capability(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, teacher_names: list[str],
+                       label_set: Any, out: Path) -> torch.Tensor:
+    """(T, K) true per-class IoU of every teacher's fused features over the scenes (unseen points count as
+    wrong), written to capability_oracle.json; classes absent from the scenes get 0."""
+    from sas3d.evaluate.metrics import confusion_matrix, iou_acc
+    from sas3d.evaluate.predict import classify
+    from sas3d.utils.atomic import write_json_atomic
+
+    k = len(label_set)
+    scores = torch.zeros(len(teacher_names), k)
+    for t in range(len(teacher_names)):
+        conf = np.zeros((k, k + 1), dtype=np.int64)
+        for scene in scenes:
+            if scene.labels is None:
+                continue
+            pf = per_scene[scene.name][t]
+            conf += confusion_matrix(classify(pf.features, class_text, seen=pf.seen).numpy(), scene.labels, k)
+        res = iou_acc(conf)
+        scores[t] = torch.tensor(np.nan_to_num(np.asarray(res["iou"], dtype=np.float64)), dtype=torch.float32)
+    write_json_atomic(out / "capability_oracle.json", {"oracle": True, "note": "true per-class IoU on the scenes' labels",
+                                                       "teachers": teacher_names, "classes": list(label_set.classes),
+                                                       "scores": scores.tolist()})
+    return scores
 
 
 def _capability_summary(cap: Any, names: Sequence[str]) -> str:
@@ -155,9 +186,9 @@ def _evaluate(key: str, label: str, scenes: Sequence[Scene], cfg: PipelineConfig
     start = time.perf_counter()
     model = None
     if checkpoint is not None:
-        model, _, _ = load_checkpoint(checkpoint)
+        model, _, _ = load_checkpoint(checkpoint, device=cfg.device)
     mode = "fusion" if checkpoint is None else ("distill" if fused_dir is None else "ensemble")
-    result = evaluate_scenes(list(scenes), EvalConfig(labelset=cfg.labelset, mode=mode, text_encoder=cfg.text_encoder),
+    result = evaluate_scenes(list(scenes), EvalConfig(labelset=cfg.labelset, mode=mode, text_encoder=cfg.text_encoder, device=cfg.device),
                              model=model, voxel_size=cfg.voxel_size, fused_dir=fused_dir, text_encoder=encoder, progress=cfg.progress)
     m = result.metrics
     return StageResult(key, label, float(m["miou"]), float(m["macc"]),
