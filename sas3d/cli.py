@@ -18,6 +18,7 @@ VERBS = [
     "eval",
     "query",
     "segment",
+    "instances",
     "render-views",
     "view",
     "demo",

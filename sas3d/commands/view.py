@@ -36,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from sas3d.query.viewer import SceneViewer, load_viewer_data
 
     data = load_viewer_data(args.scene, args.checkpoint or args.fused, max_points=args.max_points)
@@ -46,11 +44,5 @@ def run(args: argparse.Namespace) -> int:
     if args.query:
         viewer.set_query(args.query)
     print(f"sas3d viewer for {data.name} ({len(data.points):,} points): http://{args.host}:{viewer.port}  (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        viewer.stop()
+    viewer.serve_forever()
     return 0
