@@ -21,6 +21,7 @@ VERBS = [
     "eval",
     "query",
     "segment",
+    "instances",
     "render-views",
     "gaussians",
     "view",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sas3d.commands.preflight import Output, add_overwrite_option, preflight
 
-HELP = "evaluate mIoU/mAcc of a 3D model (distill), fused 2D features (fusion) or both (ensemble)"
+HELP = "evaluate mIoU/mAcc (or, --task instance, ScanNet instance AP) of a 3D model, fused 2D features or both"
 DESCRIPTION = """\
 Classify every point of each scene against a label set's text prompts ("a {name} in a scene",
 the catch-all as "other") by cosine similarity, accumulate one confusion matrix over all scenes
@@ -29,13 +29,22 @@ or in a label set whose every class has a same-named class there (e.g. scannet20
 Writes the JSON (--json, atomic) with the confusion matrix and metrics, and a per-class bar chart
 <json stem>.png next to it.
 
+--task instance scores instances instead (ScanNet benchmark protocol: AP over IoU 0.50:0.90, AP50,
+AP25 over the 18 classes without wall and floor, instances and predictions of >= 100 vertices):
+proposals (--proposals builtin | gt | a folder of proposal files) labelled by --mode, against each
+scan's <id>_vh_clean_2.0.010000.segs.json + <id>.aggregation.json (see `sas3d instances --help`).
+
 Examples:
   sas3d eval --checkpoint run/best.safetensors --scenes scans/scene0470_00 --labelset scannet20 --json eval.json
   sas3d eval --mode fusion --fused fused/ --scenes val.txt --labelset scannet20 --json fusion.json
+  sas3d eval --task instance --checkpoint run/best.safetensors --scenes val.txt --proposals builtin --json inst.json
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sas3d.commands.instances import add_eval_arguments
+
+    parser.add_argument("--task", default="semantic", choices=["semantic", "instance"], help="semantic (mIoU, default) or instance (AP)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="3D model checkpoint (.safetensors); needed for distill/ensemble")
     parser.add_argument("--scenes", nargs="+", required=True, type=Path, help="scene paths, or one .txt listing them")
     parser.add_argument("--labelset", default="scannet20", help="scannet20 | matterport21 | matterport40 | matterport80 | matterport160 | nuscenes16")
@@ -49,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override an EvalConfig field")
     parser.add_argument("--json", type=Path, required=True, help="write results here (a .png chart goes next to it)")
     add_overwrite_option(parser)
+    add_eval_arguments(parser)
 
 
 def scene_list(paths: list[Path]) -> list[Path]:
@@ -68,6 +78,11 @@ def scene_list(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     import functools
+
+    if args.task == "instance":
+        from sas3d.commands.instances import run_eval
+
+        return run_eval(args)
 
     from sas3d.config import apply_overrides, from_dict, to_dict
     from sas3d.errors import InputError

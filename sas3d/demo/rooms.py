@@ -36,7 +36,8 @@ WALL_HEIGHT = 2.6
 @dataclass
 class RoomMesh:
     """A generated room: vertices (V,3) float32 metres (z up, floor at z=0), faces (F,3) int64,
-    colors (V,3) uint8, labels (V,) int64 ScanNet20 indices (255 = ignore)."""
+    colors (V,3) uint8, labels (V,) int64 ScanNet20 indices (255 = ignore), instances (V,) int64
+    object instance ids 1..I (0 = no instance: the unlabelled props)."""
 
     vertices: np.ndarray
     faces: np.ndarray
@@ -45,6 +46,7 @@ class RoomMesh:
     room_type: str
     size: tuple[float, float]
     objects: list[str] = field(default_factory=list)
+    instances: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,8 +63,15 @@ class _Builder:
         self.faces: list[np.ndarray] = []
         self.cols: list[np.ndarray] = []
         self.labs: list[np.ndarray] = []
+        self.objs: list[np.ndarray] = []
+        self.obj = 0  # current object; each (object, label) pair becomes one instance
         self.n = 0
         self.frame = (0.0, 0.0, 0.0)  # x, y, yaw of the current object
+
+    def begin_object(self) -> None:
+        """Start a new object: its primitives form one instance per label (a counter's cabinet, top and
+        sink are three instances, as ScanNet annotates them)."""
+        self.obj += 1
 
     def _emit(self, v: np.ndarray, f: np.ndarray, color, label: int, noise: float = 5.0,
               color_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -80,6 +89,7 @@ class _Builder:
         self.faces.append(f + self.n)
         self.cols.append(np.clip(np.rint(col), 0, 255).astype(np.uint8))
         self.labs.append(np.full(len(v), label, dtype=np.int64))
+        self.objs.append(np.full(len(v), self.obj, dtype=np.int64))
         self.n += len(v)
 
     def quad(self, origin, a, b, color, label, offset_fn=None, **kw) -> None:
@@ -156,11 +166,25 @@ class _Builder:
         self.quad((x0, y, z0), (width, 0, 0), (0, 0, z1 - z0), color, label, offset_fn=folds_fn, **kw)
 
     def mesh(self, room_type: str, size: tuple[float, float], objects: list[str]) -> RoomMesh:
+        labels = np.concatenate(self.labs)
         return RoomMesh(
             vertices=np.concatenate(self.verts), faces=np.concatenate(self.faces).astype(np.int64),
-            colors=np.concatenate(self.cols), labels=np.concatenate(self.labs),
+            colors=np.concatenate(self.cols), labels=labels,
             room_type=room_type, size=size, objects=objects,
+            instances=_instance_ids(np.concatenate(self.objs), labels),
         )
+
+
+def _instance_ids(objects: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(V,) instance ids 1..I, one per (object, label) pair numbered by first vertex; 0 for unlabelled props."""
+    out = np.zeros(len(labels), dtype=np.int64)
+    keep = labels != PROP
+    if keep.any():
+        _, first, inverse = np.unique(objects[keep] * (IGNORE_LABEL + 1) + labels[keep], return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+        out[keep] = rank[inverse.reshape(-1)]
+    return out
 
 
 def _col(rng: np.random.Generator, palette: list[tuple[int, int, int]], jitter: float = 12.0) -> np.ndarray:
@@ -437,6 +461,7 @@ def curtains(b, rng, x0, width, top, bottom):
     c = _col(rng, FABRICS + WHITES, 20)
     side = max(0.3, width * rng.uniform(0.2, 0.35))
     for xa in (x0 - 0.15, x0 + width + 0.15 - side):
+        b.begin_object()  # each panel is an instance
         b.sheet(xa, xa + side, 0.12, bottom, top, c, L["curtain"], folds=side / 0.12, depth=0.035)
     b.box((x0 - 0.2, 0.1, top), (x0 + width + 0.2, 0.14, top + 0.03), METALS[1], PROP)  # rod
 
@@ -576,9 +601,11 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
             return floor_c * (0.9 + 0.15 * k)
         return floor_c * (0.9 + 0.1 * np.sin(np.floor(p[:, 0:1] / period) * 2.3))
 
+    b.begin_object()
     b.quad((0, 0, 0), (sx, 0, 0), (0, sy, 0), floor_c, L["floor"], color_fn=floor_pattern)
     wall_c = _col(rng, WALLS, 8)
     for a, u in (((0, 0, 0), (sx, 0, 0)), ((sx, 0, 0), (0, sy, 0)), ((sx, sy, 0), (-sx, 0, 0)), ((0, sy, 0), (0, -sy, 0))):
+        b.begin_object()
         b.quad(a, u, (0, 0, WALL_HEIGHT), wall_c, L["wall"], noise=4.0)
     objects += ["floor", "wall"]
 
@@ -587,6 +614,7 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
     width = float(rng.uniform(0.8, 0.95))
     s0 = float(rng.uniform(0.2, plan.wall_length(wall) - width - 0.2))
     b.frame = plan.wall_item_frame(wall)
+    b.begin_object()
     door(b, rng, s0, width)
     plan.wall_spans[wall].append((s0 - 0.1, 0.0, s0 + width + 0.1, 2.2))
     fx, fy, fyaw = plan.wall_frame(wall, s0 + width / 2, 0.45)
@@ -604,6 +632,7 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
             margin = 0.25 if wall_items["curtains"] else 0.0
             if plan.span_free(wall, s0 - margin, s0 + width + margin, 0.0, z0 + height + 0.1):
                 b.frame = plan.wall_item_frame(wall)
+                b.begin_object()
                 window(b, rng, s0, width, z0, height)
                 plan.wall_spans[wall].append((s0 - margin, z0, s0 + width + margin, z0 + height))
                 objects.append("window")
@@ -660,6 +689,7 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
                 continue
             x, y, yaw, on_wall = placed
             b.frame = (x, y, yaw)
+            b.begin_object()
             item.fn(b, rng, w, d)
             plan.rects.append(_footprint(x, y, yaw, w, d))
             if item.name == "table":
@@ -685,6 +715,7 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
             s0 = float(rng.uniform(0.3, max(0.31, plan.wall_length(wall) - width - 0.3)))
             if plan.span_free(wall, s0, s0 + width, z0 - 0.1, z0 + height + 0.1):
                 b.frame = plan.wall_item_frame(wall)
+                b.begin_object()
                 picture(b, rng, s0, width, z0, height)
                 plan.wall_spans[wall].append((s0, z0, s0 + width, z0 + height))
                 objects.append("picture")
@@ -698,12 +729,12 @@ def generate_room(seed: int, room_type: str | None = None, size: tuple[float, fl
 TRAIN_TYPES = ("living", "bathroom", "studio")  # together: all 20 ScanNet classes
 VAL_TYPES = ("office", "bedroom", "kitchen")
 MANIFEST = "embedded.json"
-GENERATOR_VERSION = 1  # bump when room generation or rendering changes, so old builds are rebuilt
+GENERATOR_VERSION = 2  # 2: instance annotation files; bump when room generation or rendering changes, so old builds are rebuilt
 
 
 def write_room(room: RoomMesh, scene_dir: str | Path, name: str, n_views: int, width: int, height: int,
                seed: int, progress: bool = False):
-    """Write one room as a ScanNet export: mesh, NYU40 labels PLY and rendered frames."""
+    """Write one room as a ScanNet export: mesh, NYU40 labels PLY, instance annotation and rendered frames."""
     from sas3d.demo.render import render_views
     from sas3d.scene.ply import write_ply
 
@@ -716,6 +747,10 @@ def write_room(room: RoomMesh, scene_dir: str | Path, name: str, n_views: int, w
     write_ply(scene_dir / f"{name}_vh_clean_2.ply", room.vertices, room.colors, room.faces, comment=comment)
     write_ply(scene_dir / f"{name}_vh_clean_2.labels.ply", room.vertices, room.colors, room.faces,
               vertex_props={"label": nyu}, comment=comment)
+    if room.instances is not None:  # instance ground truth as ScanNet ships it (segs.json + aggregation.json)
+        from sas3d.instances.scannet_gt import write_scannet_annotation
+
+        write_scannet_annotation(scene_dir, name, room.instances, nyu)
     return render_views(room.vertices, room.faces, room.colors, room.labels, scene_dir, n_views, width, height,
                         seed=seed, progress=progress)
 

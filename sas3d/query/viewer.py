@@ -1,5 +1,5 @@
 """Local web viewer (viser): a scene's points coloured by RGB, ground truth, prediction,
-superpoints, or similarity to a typed text query.
+superpoints, instances, or similarity to a typed text query (with instances: the instances it ranks first).
 
 :class:`SceneViewer` holds all state and logic; the viser server is only its front end, so
 ``set_query("chair")`` / ``set_mode("prediction")`` work (and are tested) without a browser.
@@ -31,7 +31,8 @@ from sas3d.scene.types import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 
-MODES = ("rgb", "ground truth", "prediction", "superpoints", "query")
+MODES = ("rgb", "ground truth", "prediction", "superpoints", "instances", "query")
+TOP_INSTANCE_COLORS = np.array([[230, 30, 30], [255, 150, 0], [250, 230, 40], [60, 200, 80], [60, 140, 255]], np.uint8)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 POLICY_VIOLATION = 1008  # websocket close code
 UNSEEN_GREY = (90, 90, 90)  # points without features / labels
@@ -54,6 +55,8 @@ class ViewerData:
     # Gaussian splats (sas3d.gaussians.display.viewer_data): {"covariances": (N, 3, 3), "opacities": (N, 1)}
     # float32; when set, the points are drawn as splats instead of a point cloud.
     splats: dict[str, np.ndarray] | None = None
+    point_index: np.ndarray | None = None  # (N,) index of each shown point in the scene (None: all, in order)
+    instances: Any = None  # sas3d.instances.types.Instances over the whole scene, or None
 
 
 def load_viewer_data(scene_path: str | Path, features: str | Path | None = None, max_points: int = 200_000,
@@ -82,7 +85,7 @@ def load_viewer_data(scene_path: str | Path, features: str | Path | None = None,
         labels=None if scene.labels is None else scene.labels[keep], label_set=scene.label_set or "scannet20",
         superpoints=None if sp is None else np.asarray(sp)[keep],
         features=None if pf is None else pf.features[idx], seen=None if pf is None else pf.seen[idx].numpy(),
-        feature_source=None if features is None else str(features),
+        feature_source=None if features is None else str(features), point_index=keep,
     )
 
 
@@ -176,6 +179,7 @@ class SceneViewer:
         self.query: str | None = None
         self.query_warning: str | None = None  # set when the query was longer than the text encoder reads
         self.similarity: np.ndarray | None = None
+        self.ranked: list = []  # instances the last highlighted query ranked first
         self.colors = data.rgb.copy()
         self.server = None
         self._handles: dict[str, Any] = {}
@@ -199,9 +203,16 @@ class SceneViewer:
             modes.append("prediction")
         if self.data.superpoints is not None:
             modes.append("superpoints")
+        if self.data.instances is not None:
+            modes.append("instances")
         if self.data.features is not None:
             modes.append("query")
         return modes
+
+    def instance_ids(self) -> np.ndarray:
+        """(N,) instance index per shown point (-1 = none; overlaps show the higher-scored instance)."""
+        ids = self.data.instances.point_ids()
+        return ids if self.data.point_index is None else ids[self.data.point_index]
 
     def _seen(self) -> np.ndarray:
         return np.ones(len(self.data.points), bool) if self.data.seen is None else self.data.seen
@@ -231,6 +242,9 @@ class SceneViewer:
             return colorize_labels(self.predictions(), len(get_label_set(d.label_set)))
         if mode == "superpoints" and d.superpoints is not None:
             return colorize_ids(d.superpoints)
+        if mode == "instances" and d.instances is not None:
+            ids = self.instance_ids()
+            return np.where((ids >= 0)[:, None], colorize_ids(ids + 1), np.asarray(UNSEEN_GREY, np.uint8)).astype(np.uint8)
         if mode == "query" and self.similarity is not None:
             return colorize_scores(self.similarity, self._seen())
         raise ValueError(f"colour mode {mode!r} is not available for this scene (available: {', '.join(self.available_modes())})")
@@ -239,7 +253,7 @@ class SceneViewer:
         """Switch the colour mode; returns the new colours (and pushes them to the browser)."""
         with self._lock:
             self.colors = self.colors_for(mode)
-            self.mode = mode
+            self.mode, self.ranked = mode, []
             self._push()
             return self.colors
 
@@ -263,6 +277,25 @@ class SceneViewer:
             self._push()
         return sim
 
+    def highlight_instances(self, text: str, top_k: int = 3) -> list:
+        """Colour the ``top_k`` instances a text query ranks first (red, orange, yellow, ...) over a dimmed
+        scene; returns the ranked :class:`sas3d.instances.labelling.RankedInstance` list."""
+        from sas3d.errors import InputError
+        from sas3d.instances.labelling import rank_instances
+        from sas3d.query.similarity import query_prompt
+
+        if self.data.instances is None or self.data.instances.features is None:
+            raise InputError(None, "no labelled instances loaded: open the viewer from `sas3d instances --view`")
+        ranked = rank_instances(self.data.instances, self.text_encoder.encode([query_prompt(text)])[0], top_k=top_k)
+        ids = self.instance_ids()
+        colors = (self.data.rgb.astype(np.float32) * 0.3 + 60).astype(np.uint8)
+        for k, r in reversed(list(enumerate(ranked))):  # the best is painted last
+            colors[ids == r.index] = TOP_INSTANCE_COLORS[min(k, len(TOP_INSTANCE_COLORS) - 1)]
+        with self._lock:
+            self.query, self.colors, self.mode, self.ranked = text, colors, "instances", ranked
+            self._push()
+        return ranked
+
     # ---------------------------------------------------------------- web front end
 
     def _push(self) -> None:
@@ -284,6 +317,8 @@ class SceneViewer:
             lines.append(f"query \"{self.query}\": similarity {self.similarity[seen].min():.3f} .. {self.similarity[seen].max():.3f}")
             if self.query_warning:
                 lines.append(f"warning: {self.query_warning}")
+        if self.mode == "instances" and self.ranked:
+            lines.append(f"query \"{self.query}\": " + ", ".join(f"{r.class_name} ({r.similarity:.2f})" for r in self.ranked))
         if d.feature_source is None:
             lines.append("no features loaded (use --checkpoint or --fused to query)")
         else:
@@ -323,6 +358,14 @@ class SceneViewer:
         h["mode"] = server.gui.add_dropdown("colour", tuple(self.available_modes()), initial_value=self.mode)
         h["query"] = server.gui.add_text("query", initial_value="", disabled=self.data.features is None)
         h["search"] = server.gui.add_button("search", disabled=self.data.features is None)
+        if self.data.instances is not None:
+            h["top"] = server.gui.add_button("top instances")
+
+            @h["top"].on_click
+            def _(_event) -> None:
+                text = h["query"].value.strip()
+                if text:
+                    self.highlight_instances(text)
 
         @h["mode"].on_update
         def _(_event) -> None:
@@ -341,12 +384,16 @@ class SceneViewer:
     def serve(self, host: str = "127.0.0.1", port: int = 8080, query: str | None = None, what: str = "points",
               allowed_origins: Iterable[str] = ()) -> None:
         """Start, optionally run ``query``, print the address and block until Ctrl-C, then stop."""
-        import time
-
         self.start(host=host, port=port, allowed_origins=allowed_origins)
         if query:
             self.set_query(query)
         print(f"sas3d viewer for {self.data.name} ({len(self.data.points):,} {what}): http://{host}:{self.port}  (Ctrl-C to stop)")
+        self.serve_forever()
+
+    def serve_forever(self) -> None:
+        """Block until Ctrl-C, then stop the server."""
+        import time
+
         try:
             while True:
                 time.sleep(1.0)

@@ -1,0 +1,196 @@
+"""Built-in proposals (merge hierarchy vs brute force, objects recovered), labelling formula, ensemble, NMS, queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sas3d.instances.builtin import ProposalConfig, contact_pairs, generate_proposals, merge_hierarchy
+from sas3d.instances.features import PointFeatureSet, labeller_features
+from sas3d.instances.labelling import LabelConfig, label_proposals, mask_nms, rank_instances
+from sas3d.instances.types import Instances, Proposals, mask_iou, masks_from_dense, masks_from_ids
+
+
+def _brute_force_hierarchy(sums, pairs, levels):
+    """Naive agglomeration: every step rescans all adjacent region pairs for the most similar means."""
+    regions = {i: {i} for i in range(len(sums))}
+    feat = {i: sums[i].astype(np.float64).copy() for i in range(len(sums))}
+    edges = {(int(a), int(b)) for a, b in pairs}
+    out = []
+
+    def cos(a, b):
+        na, nb = np.linalg.norm(feat[a]), np.linalg.norm(feat[b])
+        return 0.0 if na == 0 or nb == 0 else float(feat[a] @ feat[b] / (na * nb))
+
+    for th in sorted(levels, reverse=True):
+        while True:
+            cand = [(cos(a, b), a, b) for a in regions for b in regions if a < b
+                    and any((min(x, y), max(x, y)) in edges for x in regions[a] for y in regions[b])]
+            if not cand:
+                break
+            s, a, b = max(cand)
+            if s < th:
+                break
+            regions[a] |= regions.pop(b)
+            feat[a] = feat[a] + feat.pop(b)
+        out.append({frozenset(v) for v in regions.values()})
+    return out
+
+
+def _partition_sets(labels):
+    return {frozenset(np.flatnonzero(labels == r).tolist()) for r in np.unique(labels)}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merge_hierarchy_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    s, c = 14, 6
+    protos = rng.normal(size=(3, c))
+    sums = protos[rng.integers(0, 3, s)] * rng.integers(1, 5, (s, 1)) + 0.6 * rng.normal(size=(s, c))
+    pairs = np.array(sorted({(min(a, b), max(a, b)) for a, b in rng.integers(0, s, (30, 2)) if a != b}))
+    levels = [0.9, 0.6, 0.3, 0.0]
+    got = merge_hierarchy(sums, pairs, levels)
+    want = _brute_force_hierarchy(sums, pairs, levels)
+    assert [_partition_sets(g) for g in got] == want
+    assert len(want[0]) > len(want[-1])  # the levels really are different granularities
+
+
+def _box_surface(lo, hi, step=0.04):
+    """Points on the surface of an axis-aligned box (a grid on each face)."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    pts = []
+    for axis in range(3):
+        for side in (lo[axis], hi[axis]):
+            others = [a for a in range(3) if a != axis]
+            g = np.meshgrid(*[np.arange(lo[a], hi[a] + 1e-9, step) for a in others], indexing="ij")
+            face = np.zeros((g[0].size, 3))
+            face[:, axis] = side
+            face[:, others[0]], face[:, others[1]] = g[0].ravel(), g[1].ravel()
+            pts.append(face)
+    return np.unique(np.round(np.concatenate(pts), 5), axis=0)
+
+
+@pytest.fixture(scope="module")
+def room():
+    """A floor with two chairs and a table standing on it (touching it), chair 1 touching the table."""
+    from sas3d.text.labelsets import get_label_set
+
+    floor = np.stack(np.meshgrid(np.arange(0, 3, 0.04), np.arange(0, 2, 0.04), [0.0], indexing="ij"), -1).reshape(-1, 3)
+    objs = [floor, _box_surface((0.3, 0.3, 0.0), (0.8, 0.8, 0.9)), _box_surface((0.84, 0.3, 0.0), (1.8, 1.2, 0.75)),
+            _box_surface((2.2, 0.5, 0.0), (2.7, 1.0, 0.9))]
+    names = ["floor", "chair", "table", "chair"]
+    pts = np.concatenate(objs).astype(np.float32)
+    obj = np.concatenate([np.full(len(o), i) for i, o in enumerate(objs)])
+    ls = get_label_set("scannet20")
+    gen = torch.Generator().manual_seed(1)
+    text = torch.nn.functional.normalize(torch.randn(len(ls), 48, generator=gen), dim=1)  # stand-ins for the class prompts
+    cls = torch.tensor([ls.index(n) for n in names])[obj]
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(text[cls] + 0.08 * torch.randn(len(pts), text.shape[1], generator=gen), dim=1)
+    # superpoints: each object cut into slabs along x (so objects must be re-assembled by merging)
+    spx = obj * 100 + np.floor(pts[:, 0] / 0.25).astype(int)
+    spx = np.unique(spx, return_inverse=True)[1]
+    return dict(points=pts, obj=obj, names=names, text=text, classes=list(ls.classes), feats=PointFeatureSet(feats, np.ones(len(pts), bool), "test"), spx=spx)
+
+
+def test_builtin_proposals_recover_touching_objects(room):
+    props = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5]))
+    gt = masks_from_ids(room["obj"] + 1)[1]
+    iou = mask_iou(gt, props.masks)
+    np.testing.assert_allclose(iou.max(axis=1), 1.0)  # every object is exactly one proposal
+    assert (props.sizes >= 100).all() and props.metadata["contacts"] > 0
+    # without the contact graph nothing merges: the slabs stay apart
+    far = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.5], adjacency_radius=1e-4, min_points=1))
+    assert len(far) == room["spx"].max() + 1
+
+
+def test_contact_pairs_known_answer():
+    pts = np.array([[0, 0, 0], [0.03, 0, 0], [1, 0, 0], [1.03, 0, 0], [3, 0, 0]], dtype=np.float32)
+    assert contact_pairs(pts, np.array([0, 1, 1, 2, 3]), 0.05).tolist() == [[0, 1], [1, 2]]
+    assert contact_pairs(pts, np.array([0, 1, 2, 3, 4]), 0.05, faces=np.array([[2, 4, 3]])).tolist() == [[0, 1], [2, 3], [2, 4], [3, 4]]
+
+
+def test_labelling_formula(room):
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    mixed = masks_from_dense(((room["obj"] == 1) | (room["obj"] == 2))[None])  # chair + table in one proposal
+    import scipy.sparse as sp
+
+    props = Proposals(sp.vstack([masks, mixed]).tocsr(), np.array([1.0, 1.0, 1.0, 1.0, 0.8]))
+    cfg = LabelConfig(temperature=0.05)
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"], cfg)
+    f, t = room["feats"].features, room["text"]
+    point_cls = (f @ t.T).argmax(1).numpy()
+    for i in range(len(inst)):
+        idx = inst.point_indices(i)
+        mean = f[idx].mean(0)
+        mean = mean / mean.norm()
+        sims = mean @ t.T
+        c = int(sims.argmax())
+        prob = float(torch.softmax(sims / 0.05, 0)[c])
+        src = [k for k in range(len(props)) if np.array_equal(props.point_indices(k), idx)][0]
+        expected = prob * np.mean(point_cls[idx] == c) * props.scores[src]
+        assert inst.classes[i] == c and inst.scores[i] == pytest.approx(expected, rel=1e-5)
+    assert np.all(np.diff(inst.scores) <= 0)  # best first
+    names = [room["classes"][c] for c in inst.classes]
+    assert sorted(names[:4]) == ["chair", "chair", "floor", "table"]
+    assert inst.scores[-1] < 0.75  # the mixed proposal: about half its points disagree with its class
+
+
+def test_fusion_labeller_ignores_unseen_points(room):
+    f = room["feats"].features.clone()
+    seen = np.ones(len(f), bool)
+    chair = np.flatnonzero(room["obj"] == 1)
+    seen[chair[: len(chair) // 2]] = False
+    f[chair[: len(chair) // 2]] = room["text"][room["classes"].index("bathtub")]  # garbage where unseen
+    pf = labeller_features("fusion", fused=f.half(), seen=seen)
+    props = Proposals(masks_from_dense((room["obj"] == 1)[None]), np.ones(1))
+    inst = label_proposals(props, pf, room["text"], room["classes"])
+    assert room["classes"][inst.classes[0]] == "chair" and inst.metadata["agreement"][0] == pytest.approx(1.0, abs=0.02)
+
+
+def test_ensemble_features_pick_the_more_confident_source(room):
+    t = room["text"]
+    n = 4
+    f3 = torch.nn.functional.normalize(t[[4, 4, 6, 6]] + 0.5 * t[[5, 5, 5, 5]], dim=1)  # blurry 3D
+    f2 = t[[4, 6, 6, 4]].clone()  # sharp 2D (cosine 1 with its class)
+    seen = np.array([True, True, False, True])
+    got = labeller_features("ensemble", feat3d=f3, fused=f2, seen=seen, class_text=t).features
+    best = lambda x: (torch.nn.functional.normalize(x, dim=1) @ t.T).max(1).values  # noqa: E731
+    for i in range(n):
+        want = f2[i] if seen[i] and best(f2[i:i + 1]) > best(f3[i:i + 1]) else f3[i]
+        torch.testing.assert_close(got[i], torch.nn.functional.normalize(want, dim=0))
+    assert torch.equal(got[2], f3[2])  # unseen -> 3D
+
+
+def test_mask_nms_and_ranked_queries(room):
+    m = masks_from_dense(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], bool))
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5).tolist() == [1, 2]  # IoU(0, 1) = 0.75: the weaker is dropped
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.8).tolist() == [1, 0, 2]
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5, groups=np.array([0, 1, 0])).tolist() == [1, 0, 2]
+    # containment: mask 1 lies inside mask 0 (3/3), so it goes even at a threshold IoU would pass
+    assert mask_nms(m, np.array([0.9, 0.5, 0.4]), 0.8, containment=True).tolist() == [0, 2]
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    inst = label_proposals(Proposals(masks, np.ones(4)), room["feats"], room["text"], room["classes"])
+    emb = room["text"][room["classes"].index("chair")] + 0.3 * room["text"][room["classes"].index("sofa")]  # "something like a chair"
+    ranked = rank_instances(inst, emb, top_k=4)
+    assert [r.class_name for r in ranked[:2]] == ["chair", "chair"] and ranked[0].similarity >= ranked[1].similarity
+    assert len({r.index for r in ranked}) == len(ranked)
+
+
+def test_point_ids_prefer_higher_score():
+    m = masks_from_dense(np.array([[1, 1, 1, 0], [0, 1, 1, 1]], bool))
+    inst = Instances(m, np.array([0, 1]), np.array([0.4, 0.8]), ["a", "b"])
+    assert inst.point_ids().tolist() == [0, 1, 1, 1]
+
+
+def test_label_config_nms_and_exclusions(room):
+    import scipy.sparse as sp
+
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    dup = sp.vstack([masks, masks[1:2]]).tocsr()  # chair 1 twice
+    props = Proposals(dup, np.array([1.0, 1.0, 1.0, 1.0, 0.5]))
+    assert len(label_proposals(props, room["feats"], room["text"], room["classes"])) == 5
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(nms_iou=0.5, exclude_classes=["floor"]))
+    assert sorted(room["classes"][c] for c in inst.classes) == ["chair", "chair", "table"]
+    assert inst.features.shape == (3, room["text"].shape[1])
