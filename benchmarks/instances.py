@@ -8,7 +8,8 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
    pipeline at the scale of ``sas3d demo`` (its ``DEMO_*`` constants; ``run_pipeline`` reuses
    finished stages) to get the guided-fusion 2D features and two students: the OpenScene recipe
    (pixel-point distillation) and the SAS recipe (+ superpoint + TESD).
-2. On every held-out room: class-agnostic proposals, either built in (superpoints merged by the
+2. On every room of both splits (in place: the training rooms the students were distilled on, labels
+   used only for scoring; held out: rooms they never saw): class-agnostic proposals, either built in (superpoints merged by the
    similarity of point features over their contact graph, several granularities; one set shared by
    every labeller, as Table 6 shares Mask3D's) or the ground-truth instances (an upper bound on what
    labelling can reach), labelled by fused 2D, by the OpenScene student and by the SAS student
@@ -18,7 +19,7 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
    2D features, which both students are distilled from, so the proposals favour neither student
    (proposals from one student's own features would entangle proposal quality with that labeller);
    the others (default: the SAS student's features) are reported as extra rows.
-3. ScanNet instance AP (mAP over IoU 0.50:0.90, AP50, AP25; 18 classes, >= 100 vertices) over the
+3. ScanNet instance AP (mAP over IoU 0.50:0.90, AP50, AP25; 18 classes, >= 100 vertices) per split, over the
    held-out rooms, with two checks computed from this run: SAS student >= OpenScene student, and
    built-in proposals >= 50 % of the ground-truth-proposal AP50 with the same labeller.
 4. A picture of a labelled room (ground-truth instances | built-in proposals labelled by the SAS
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sas3d.commands.demo import (  # noqa: E402
-    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL)
+    DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL, INPLACE_OVERRIDES)
 
 LABELLERS = {"fused": "fused 2D (guided)", "openscene": "OpenScene student (3D distill)", "sas": "SAS student (SP + TESD)"}
 SHORT = {"fused": "fused 2D", "openscene": "OpenScene", "sas": "SAS", "supervised": "supervised"}
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--rooms", type=int, default=3, help="training rooms (default 3, as the demo)")
     parser.add_argument("--val-rooms", type=int, default=3, help="held-out rooms scored (default 3: office, bedroom, kitchen)")
     parser.add_argument("--views", type=int, default=30)
+    parser.add_argument("--paper-student", action="store_true", help="the papers' student settings instead of the in-place ones")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"distillation epochs (default {DEMO_EPOCHS}, as the demo)")
     parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
     parser.add_argument("--proposal-features", default="fused,sas",
@@ -149,7 +151,8 @@ def main() -> int:
         os.environ["TQDM_DISABLE"] = "1"
 
     from sas3d import load_scene
-    from sas3d.demo.pipeline import PipelineConfig, run_pipeline
+    from sas3d.pipeline.config import PipelineConfig
+    from sas3d.pipeline.runner import run_pipeline
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.instance_ap import ScenePredictions, evaluate_instances
     from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
@@ -169,11 +172,11 @@ def main() -> int:
                                   seed=args.seed, progress=not args.no_progress)
     cfg = PipelineConfig(images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
                          final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
+                         augment=False, train_overrides=[] if args.paper_student else list(INPLACE_OVERRIDES),
                          ggsd=False, supervised_reference=not args.no_reference, parallel_runs=os.cpu_count() or 1, seed=args.seed,
                          progress=not args.no_progress, queries=[], query_renders=0)
     report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
     pipeline_s = time.perf_counter() - start
-    miou = {r.key: r.miou for r in report.rows}
     fused_dir = args.out / report.artefacts["fused_guided"]
     students = {"openscene": load_checkpoint(args.out / report.artefacts["checkpoint_pixel_point"])[0].eval(),
                 "sas": load_checkpoint(args.out / report.artefacts["checkpoint_tesd"])[0].eval()}
@@ -186,55 +189,65 @@ def main() -> int:
     ls = get_label_set("scannet20")
     ct = build_class_text(ls, build_text_encoder(cfg.text_encoder))
     label_cfg, prop_cfg = LabelConfig(), ProposalConfig()
-    gts, preds, counts, picture = [], {}, [], {}
-    for d in data["val"]:
-        scene = load_scene(d)
-        gt = scene_gt(scene)
-        feats = scene_feature_sets(scene, fused_dir / f"{scene.name}.safetensors", students, ct.embeddings)
-        spx = scene_superpoints(scene, prop_cfg.superpoints)
-        proposal_sets = {f"built-in ({SHORT[k]})": generate_proposals(scene.points, spx, feats[k], prop_cfg, faces=scene.faces) for k in sources}
-        proposal_sets["ground truth"] = gt_proposals(gt.ids)
-        gts.append(gt)
-        counts.append({"scene": scene.name, "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000]))),
-                       **{f"{k} proposals": len(v) for k, v in proposal_sets.items()}})
-        for pname, props in proposal_sets.items():
-            for lkey in labellers:
-                inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
-                preds.setdefault((pname, lkey), []).append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
-                if not gts[1:] and pname == primary:  # the first room's labelled instances, for the picture
-                    picture[lkey] = (scene, gt, inst)
-    results = {k: evaluate_instances(gts, v) for k, v in preds.items()}
-    inst_s = time.perf_counter() - t_inst
+    splits = {"in_place": ("in place: the rooms the students were distilled on (labels only for scoring)", data["train"]),
+              "held_out": ("held out: rooms the students never saw", data["val"])}
+    all_results, all_checks, counts, picture, mious = {}, {}, [], {}, {}
+    for split, (description, dirs) in splits.items():
+        # the reference student was trained on the training rooms' labels: it is no reference in place
+        split_labellers = {k: v for k, v in labellers.items() if not (split == "in_place" and k in REFERENCE)}
+        miou = {k: v.miou for k, v in ((r.key, r) for r in report.split(split).rows)}
+        mious[split] = miou
+        gts, preds = [], {}
+        for d in dirs:
+            scene = load_scene(d)
+            gt = scene_gt(scene)
+            feats = scene_feature_sets(scene, fused_dir / f"{scene.name}.safetensors", students, ct.embeddings)
+            spx = scene_superpoints(scene, prop_cfg.superpoints)
+            proposal_sets = {f"built-in ({SHORT[k]})": generate_proposals(scene.points, spx, feats[k], prop_cfg, faces=scene.faces) for k in sources}
+            proposal_sets["ground truth"] = gt_proposals(gt.ids)
+            gts.append(gt)
+            counts.append({"split": split, "scene": scene.name, "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000]))),
+                           **{f"{k} proposals": len(v) for k, v in proposal_sets.items()}})
+            for pname, props in proposal_sets.items():
+                for lkey in split_labellers:
+                    inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
+                    preds.setdefault((pname, lkey), []).append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
+                    if split == "in_place" and len(gts) == 1 and pname == primary:  # the first room's labelled instances, for the picture
+                        picture[lkey] = (scene, gt, inst)
+        results = {k: evaluate_instances(gts, v) for k, v in preds.items()}
+        all_results[split] = results
 
-    title = (f"Instance segmentation, {len(data['val'])} held-out generated rooms ({args.rooms} training rooms, "
-             f"{args.epochs} epochs), SIMULATED teachers; built-in (X) = proposals merged by the features of X")
-    print()
-    print(title)
-    print(f"{'proposals':<22}{'labeller':<32}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
-    print("-" * 75)
-    for (pname, lkey), r in results.items():
-        print(f"{pname:<22}{labellers[lkey]:<32}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
-    print("SAS Table 6 (ScanNet v2 val, Mask3D proposals, real models), for the layout: "
+        title = (f"Instance segmentation, {description}: {len(dirs)} generated rooms ({args.rooms} training rooms, "
+                 f"{args.epochs} epochs), SIMULATED teachers; built-in (X) = proposals merged by the features of X")
+        print()
+        print(title)
+        print(f"{'proposals':<22}{'labeller':<32}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
+        print("-" * 75)
+        for (pname, lkey), r in results.items():
+            print(f"{pname:<22}{split_labellers[lkey]:<32}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
+        print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
+              f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
+              + (f", reference student {100 * miou['distill:supervised']:.1f}" if "distill:supervised" in miou else ""))
+
+        def ratio(a: float, b: float) -> float:
+            return a / b if b > 0 else float("nan")
+
+        checks = {}  # None: not decidable in this run (the reference is 0)
+        for pname in (primary, "ground truth"):
+            s_, o = results[(pname, "sas")].ap50, results[(pname, "openscene")].ap50
+            checks[f"SAS student >= OpenScene student, {pname} proposals (AP50 {100 * s_:.1f} vs {100 * o:.1f}, {ratio(s_, o):.2f}x)"] = \
+                None if s_ == o == 0 else s_ >= o
+        for lkey, lname in LABELLERS.items():
+            b_, g = results[(primary, lkey)].ap50, results[("ground truth", lkey)].ap50
+            checks[f"{primary} >= 50% of ground-truth-proposal AP50, {lname} ({100 * b_:.1f} / {100 * g:.1f} = {ratio(b_, g):.2f})"] = \
+                None if g == 0 else b_ >= 0.5 * g
+        print()
+        for name, ok in checks.items():
+            print(f"  [{'--' if ok is None else 'ok' if ok else 'NO'}] {name}" + (" -- undecidable: the reference AP50 is 0" if ok is None else ""))
+        all_checks[split] = checks
+    print("\nSAS Table 6 (ScanNet v2 val, Mask3D proposals, real models), for the layout: "
           + "; ".join(f"{k} {a} / {b} / {c}" for k, (a, b, c) in PAPER_TABLE6.items()))
-    print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
-          f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
-          + (f", reference student {100 * miou['distill:supervised']:.1f}" if "distill:supervised" in miou else ""))
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b > 0 else float("nan")
-
-    checks = {}  # None: not decidable in this run (the reference is 0)
-    for pname in (primary, "ground truth"):
-        s, o = results[(pname, "sas")].ap50, results[(pname, "openscene")].ap50
-        checks[f"SAS student >= OpenScene student, {pname} proposals (AP50 {100 * s:.1f} vs {100 * o:.1f}, {ratio(s, o):.2f}x)"] = \
-            None if s == o == 0 else s >= o
-    for lkey, lname in LABELLERS.items():
-        b, g = results[(primary, lkey)].ap50, results[("ground truth", lkey)].ap50
-        checks[f"{primary} >= 50% of ground-truth-proposal AP50, {lname} ({100 * b:.1f} / {100 * g:.1f} = {ratio(b, g):.2f})"] = \
-            None if g == 0 else b >= 0.5 * g
-    print()
-    for name, ok in checks.items():
-        print(f"  [{'--' if ok is None else 'ok' if ok else 'NO'}] {name}" + (" -- undecidable: the reference AP50 is 0" if ok is None else ""))
+    inst_s = time.perf_counter() - t_inst
 
     if picture:
         panels = picture_panels(picture, list(ls.classes), primary)
@@ -246,8 +259,10 @@ def main() -> int:
 
     elapsed = time.perf_counter() - start
     out = {"simulated": True, "note": "teachers are SIMULATED from ground-truth renders; not real-model results", "title": title,
-           "rows": [{"proposals": p, "labeller": labellers[k], **r.to_json()} for (p, k), r in results.items()],
-           "checks": {k: None if v is None else bool(v) for k, v in checks.items()}, "scenes": counts, "semantic_miou": miou,
+           "splits": {split: {"rows": [{"proposals": p, "labeller": labellers[k], **r.to_json()} for (p, k), r in results.items()],
+                              "checks": {k: None if v is None else bool(v) for k, v in all_checks[split].items()},
+                              "semantic_miou": mious[split]} for split, results in all_results.items()},
+           "scenes": counts,
            "config": {"label": label_cfg.__dict__, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
                                                                  "min_points": prop_cfg.min_points, "features": sources},
                       "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs},

@@ -31,7 +31,7 @@ def student_point_features(model: torch.nn.Module, scene: Scene, voxel_size: flo
     so a future input (e.g. colours) is passed here once."""
     from sas3d.models.inference import predict_point_features
 
-    return predict_point_features(model, scene.points, voxel_size, device=device)
+    return predict_point_features(model, scene.points, voxel_size, device=device, colors=scene.colors)
 
 
 def labeller_features(mode: str, *, feat3d: torch.Tensor | None = None, fused: torch.Tensor | None = None,
