@@ -26,7 +26,7 @@ from sas3d.distill.config import TrainConfig
 from sas3d.errors import ConfigError
 from sas3d.utils.atomic import atomic_path, write_text_atomic
 
-METRIC_FIELDS = ["epoch", "stage", "lr", "loss", "loss_point", "loss_superpoint", "loss_self", "loss_labels", "val_miou", "val_macc",
+METRIC_FIELDS = ["epoch", "stage", "lr", "loss", "loss_point", "loss_superpoint", "loss_self", "loss_labels", "loss_target_ce", "val_miou", "val_macc",
                  "seconds", "voxels", "cuda_peak_mb"]
 RESUMABLE_CHANGES = ("device", "engine")  # config sections that may differ between a run and its resumption
 

@@ -103,6 +103,11 @@ class LossConfig:
     # features (balance_clusters of them), so it needs no label set (open-vocabulary use).
     balance: str = "none"
     balance_clusters: int = 20  # k of the k-means behind balance=cluster (ScanNet20 has 20 classes)
+    # Weight of a cross-entropy, next to the cosine terms, on the class of each distillation target
+    # (argmax of the target over the label set's text; cosine logits / label_temperature): distils the
+    # teachers' decision, not only their feature, so a blurred output cannot sit between two classes.
+    # 0 in the papers' recipes.
+    target_ce: float = 0.0
     # Fully-supervised reference (the `supervised` recipe, not a distillation method): weight of a CE
     # on ground-truth labels, so a table can show what the same student and budget reach with
     # perfect labels. 0 in every distillation recipe.
@@ -228,8 +233,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"schedule.stage1_fraction must be in [0, 1], got {cfg.schedule.stage1_fraction}")
     if not 0.0 <= cfg.tesd.alpha < 1.0 or not 0.0 <= cfg.ggsd.momentum < 1.0:
         raise ConfigError("tesd.alpha and ggsd.momentum must be in [0, 1)")
-    if cfg.loss.labels < 0:
-        raise ConfigError(f"loss.labels must be >= 0, got {cfg.loss.labels}")
+    if cfg.loss.labels < 0 or cfg.loss.target_ce < 0:
+        raise ConfigError(f"loss.labels and loss.target_ce must be >= 0, got {cfg.loss.labels}, {cfg.loss.target_ce}")
     if cfg.tesd.temperature <= 0 or cfg.ggsd.temperature <= 0 or cfg.loss.label_temperature <= 0 or cfg.data.voxel_size <= 0:
         raise ConfigError("temperatures and data.voxel_size must be positive")
 

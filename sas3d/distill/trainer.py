@@ -39,7 +39,7 @@ from sas3d.distill.strategies import build_strategy
 from sas3d.errors import ConfigError, InputError
 from sas3d.utils.atomic import write_text_atomic
 
-LOSS_PARTS = ("point", "superpoint", "self", "labels")
+LOSS_PARTS = ("point", "superpoint", "self", "labels", "target_ce")
 
 
 @dataclass
@@ -223,16 +223,23 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         zero = pred.sum() * 0.0
         out = {part: zero for part in LOSS_PARTS}
-        if (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0):
-            point, superpoint = [], []
+        if (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0 or cfg.loss.target_ce > 0):
+            point, superpoint, decision = [], [], []
+            text = self.text.to(dev)
             for part in batch.parts:
                 p = pred[part.start + part.distill_rows.to(dev)]
                 target = part.distill_target.to(dev).float()
                 w_pt, w_sp = self._distill_weights(part, self.scenes[part.scene], target)
-                point.append(L.cosine_loss(p, target, None if w_pt is None else w_pt.to(dev)))
+                w_pt = None if w_pt is None else w_pt.to(dev)
+                point.append(L.cosine_loss(p, target, w_pt))
                 superpoint.append(L.superpoint_cosine_loss(p, part.distill_sp_target.to(dev).float(), part.distill_sp.to(dev),
                                                            None if w_sp is None else w_sp.to(dev)))
+                if cfg.loss.target_ce > 0:
+                    classes = L.text_logits(target, text, 1.0).argmax(dim=1)
+                    decision.append(L.supervised_loss(p, text, classes, cfg.loss.label_temperature, w_pt))
             out["point"], out["superpoint"] = torch.stack(point).mean(), torch.stack(superpoint).mean()
+            if decision:
+                out["target_ce"] = torch.stack(decision).mean()
         if stage == 2 and self.strategy is not None:
             out["self"] = self.strategy.loss(pred, batch, self.scenes, cfg.loss.balance)
         if cfg.loss.labels > 0:
@@ -252,7 +259,7 @@ class Trainer:
         pred = self.net(batch.features.to(dev), batch.coords.to(dev), batch.batch_size)
         parts = self._losses(pred, batch, stage)
         loss = (cfg.loss.point * parts["point"] + cfg.loss.superpoint * parts["superpoint"]
-                + cfg.loss.self_weight * parts["self"] + cfg.loss.labels * parts["labels"])
+                + cfg.loss.self_weight * parts["self"] + cfg.loss.labels * parts["labels"] + cfg.loss.target_ce * parts["target_ce"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
