@@ -137,11 +137,11 @@ def test_minkunet_row_order_preserved():
 
 
 def _surface_voxels(seed: int) -> np.ndarray:
-    """Voxels of a room-like surface set (floor, two walls, a box) at 5 cm: ~30k voxels."""
+    """Voxels of a room-like surface set (floor, two walls, a box) at 5 cm: ~13k voxels."""
     rng = np.random.default_rng(seed)
-    n = 40000
-    pts = np.concatenate([rng.uniform([0, 0, 0], [6, 5, 0.01], (n, 3)), rng.uniform([0, 0, 0], [6, 0.01, 3], (n, 3)),
-                          rng.uniform([0, 0, 0], [0.01, 5, 3], (n, 3)), rng.uniform([1, 1, 0], [2, 2, 1], (n, 3))])
+    n = 20000
+    pts = np.concatenate([rng.uniform([0, 0, 0], [4, 3, 0.01], (n, 3)), rng.uniform([0, 0, 0], [4, 0.01, 2.5], (n, 3)),
+                          rng.uniform([0, 0, 0], [0.01, 3, 2.5], (n, 3)), rng.uniform([1, 1, 0], [2, 2, 1], (n, 3))])
     return batch_coords([voxelize(pts, 0.05).coords])
 
 
@@ -170,7 +170,7 @@ def test_spconv_cpu_is_race_free_with_threads():
 
     try:
         ref_out, ref_grad = run(reference, 1, torch.float64)
-        for threads in (1, 2, 2, 2):
+        for threads in (1, 2, 2):
             out, grad = run(model, threads, torch.float32)
             assert float((out - ref_out).abs().max()) <= 2e-3 * float(ref_out.abs().max()), threads
             assert float((grad - ref_grad).abs().max()) <= 0.15 * float(ref_grad.abs().max()), threads

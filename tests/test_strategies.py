@@ -105,7 +105,7 @@ def test_trainer_class_balanced_distillation_loss_equals_an_independent_computat
     pred = torch.tensor([[1.0, 0.2]] * 6)
     for balance in ("none", "class"):
         trainer.cfg = load_train_config("openscene", ["data.voxel_size=0.5", f"loss.balance={balance}"])
-        trainer.device, trainer.scenes, trainer.strategy = torch.device("cpu"), [scene], None
+        trainer.device, trainer.scenes, trainer.strategy, trainer.text = torch.device("cpu"), [scene], None, TEXT
         batch = _batch(scene, trainer.cfg, 0, 0)
         part = batch.parts[0]
         got = trainer._losses(pred[part.voxel_to_point], batch, stage=1)["point"]
