@@ -40,7 +40,7 @@ DEMO_VOXEL = 0.05
 DEMO_LR, DEMO_FINAL_LR = 3e-3, 3e-4  # few, short epochs need a larger step than the paper's 1e-4 -> 1e-5
 DEMO_PLANES = [8, 16, 32, 64, 32, 32, 24, 24]  # a quarter of MinkUNet18A's (32, 64, 128, 256, 128, 128, 96, 96)
 # The in-place student settings (the papers: loss.balance=none, data.input=ones); see the README's experiment table.
-INPLACE_OVERRIDES = ["loss.balance=class", "data.input=rgb"]
+INPLACE_OVERRIDES = ["loss.balance=class", "data.input=rgb", "loss.target_ce=1.0"]
 DESCRIPTION = DESCRIPTION.replace("DEMO_EPOCHS", str(DEMO_EPOCHS))
 
 

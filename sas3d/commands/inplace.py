@@ -20,7 +20,8 @@ Fused features: --fused DIR holding <scan name>.safetensors from `sas3d fuse`, o
 first into OUT/fused/.
 
 Defaults (recipe `inplace`, sas3d/configs/inplace.yaml): a quarter-width MinkUNet18A at 5 cm, RGB
-input (geometry only when a scan has no colour), class-balanced losses, no augmentation, about 300
+input (geometry only when a scan has no colour), class-balanced losses with a cross-entropy on the
+target class, no augmentation, about 300
 training steps in all (--epochs overrides). Example:
 
   sas3d inplace scans/scene0000_00 --teacher precomputed:lseg_out --teacher precomputed:seem_out \\
