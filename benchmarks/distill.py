@@ -258,6 +258,8 @@ def _baseline_source(commit: str, into: Path) -> Path | None:
 def _timed_train(source: Path, scenes: list[Path], fused: Path, out: Path, epochs: int, overrides: list[str]) -> float:
     """Wall-clock seconds of one `sas3d train` run of the package in ``source`` (fresh run folder)."""
     shutil.rmtree(out, ignore_errors=True)
+    # absolute paths: the run's working directory is ``source`` (the baseline's package lives there)
+    scenes, fused, out = [s.resolve() for s in scenes], fused.resolve(), out.resolve()
     cmd = [sys.executable, "-m", "sas3d", "train", "--recipe", "sas", "--scenes", ",".join(map(str, scenes)), "--fused", str(fused),
            "--out", str(out), "--epochs", str(epochs)]
     for o in overrides:
