@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sas3d.commands.demo import DEMO_FINAL_LR, DEMO_LR, DEMO_PLANES, DEMO_VOXEL  # noqa: E402
+from sas3d.pipeline.report import classes_lost  # noqa: E402
 
 OPTIONS = {  # name -> --set values on top of the SAS recipe at demo scale (the papers' student: none)
     "papers' student": [],
@@ -90,8 +91,6 @@ def run_option(scans: list[Path], fused: Path, out: Path, epochs: int, extra: li
             "seconds": seconds, "set": extra, "epochs": epochs, "steps": epochs * len(scans)}
 
 
-def lost(student: dict, guided: dict) -> list[str]:
-    return [c for c, v in guided.items() if v >= 0.5 and student.get(c, 0.0) < 0.8 * v]
 
 
 def main() -> int:
@@ -124,7 +123,7 @@ def main() -> int:
                 result_file.write_text(json.dumps(r, indent=1))
             f, g = r["final"], r["guided"]
             cells = "".join(f"{100 * f['per_class'][c]:>10.1f}" if c in f["per_class"] else f"{'-':>10}" for c in SMALL)
-            gone = lost(f["per_class"], g["per_class"])
+            gone = classes_lost(f["per_class"], g["per_class"])
             print(f"{option:<40}{100 * f['miou']:>6.1f}{100 * r['stage1']['miou']:>6.1f}{100 * g['miou']:>6.1f}"
                   f"{100 * r['ensemble']['miou']:>6.1f}  {cells}  {', '.join(gone) if gone else 'none'}", flush=True)
         g = r["guided"]["per_class"]

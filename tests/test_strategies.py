@@ -119,3 +119,30 @@ def test_trainer_class_balanced_distillation_loss_equals_an_independent_computat
             expected = (per_row * L.balance_weights(classes)).sum()
             assert not torch.isclose(expected, per_row.mean())
         assert float(got) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_trainer_target_ce_is_the_cross_entropy_on_the_class_of_each_target_hand_computed():
+    """loss.target_ce: CE(cos(F3D, T) / tau, argmax_k cos(target, T_k)) over the distilled rows, computed
+    here by hand (log-softmax of two logits); absent (0) when the weight is 0, and in the step's total."""
+    from sas3d.distill.trainer import Trainer
+
+    scene = _scene()  # points 0-2 target class 0 (x axis), points 3-5 class 1 (y axis)
+    trainer = Trainer.__new__(Trainer)
+    pred = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    tau = 0.5
+    trainer.cfg = load_train_config("openscene", ["data.voxel_size=0.5", "loss.target_ce=1.0", f"loss.label_temperature={tau}"])
+    trainer.device, trainer.scenes, trainer.strategy, trainer.text = torch.device("cpu"), [scene], None, TEXT
+    batch = _batch(scene, trainer.cfg, 0, 0)
+    part = batch.parts[0]
+    got = trainer._losses(pred[part.voxel_to_point], batch, stage=1)["target_ce"]
+    # by hand: unit(pred) . T / tau, rows in point order; the target class is 0 for points 0-2, 1 for 3-5
+    rows = part.voxel_to_point[part.distill_rows.numpy()]
+    expected = []
+    for i in rows.tolist():
+        p = pred[i] / pred[i].norm()
+        logits = [float(p[0]) / tau, float(p[1]) / tau]
+        k = 0 if i < 3 else 1
+        expected.append(-(logits[k] - np.log(np.exp(logits[0]) + np.exp(logits[1]))))
+    assert float(got) == pytest.approx(float(np.mean(expected)), abs=1e-5)
+    trainer.cfg = load_train_config("openscene", ["data.voxel_size=0.5"])
+    assert float(trainer._losses(pred[part.voxel_to_point], batch, stage=1)["target_ce"]) == 0.0

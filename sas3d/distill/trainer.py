@@ -225,7 +225,7 @@ class Trainer:
         out = {part: zero for part in LOSS_PARTS}
         if (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0 or cfg.loss.target_ce > 0):
             point, superpoint, decision = [], [], []
-            text = self.text.to(dev)
+            text = self.text.to(dev) if cfg.loss.target_ce > 0 else None
             for part in batch.parts:
                 p = pred[part.start + part.distill_rows.to(dev)]
                 target = part.distill_target.to(dev).float()

@@ -33,8 +33,12 @@ def lost_classes(split: dict[str, Any], student: str = "distill:tesd", teacher: 
     stages = split["stages"]
     if student not in stages or teacher not in stages:
         return []
-    s, t = stages[student]["per_class_iou"], stages[teacher]["per_class_iou"]
-    return [c for c, v in t.items() if v is not None and v >= KEPT_FROM and (s.get(c) or 0.0) < KEEP_FRACTION * v]
+    return classes_lost(stages[student]["per_class_iou"], stages[teacher]["per_class_iou"])
+
+
+def classes_lost(student_iou: dict[str, float | None], teacher_iou: dict[str, float | None]) -> list[str]:
+    """The rule of :func:`lost_classes` on two per-class IoU dicts (fractions)."""
+    return [c for c, v in teacher_iou.items() if v is not None and v >= KEPT_FROM and (student_iou.get(c) or 0.0) < KEEP_FRACTION * v]
 
 
 def split_checks(split: dict[str, Any]) -> dict[str, bool]:
