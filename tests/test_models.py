@@ -121,6 +121,63 @@ def test_minkunet18a_forward_backward_and_size():
     assert model.stem.weight.grad.abs().sum() > 0
 
 
+def test_student_rows_give_the_full_outputs_values_and_gradients():
+    """The trainer's row-restricted head (StepPredictions): pred[idx] and every parameter gradient of a
+    loss on those rows equal those of the plain full-output call; the full output is there without
+    gradient; a row not asked for is refused; a model without ``rows=`` falls back to the full call."""
+    from sas3d.distill.rows import accepts_rows, predict_rows
+
+    torch.manual_seed(0)
+    model = build_model("minkunet18a", in_channels=1, out_channels=16, planes=(8, 8, 8, 8, 8, 8, 8, 8), init_dim=8)
+    idx, g = _random_scene(3, n=800, extent=20)
+    coords = torch.cat([torch.zeros(len(idx), 1, dtype=torch.long), idx], 1).int()
+    feats = torch.randn(len(idx), 1, generator=g)
+    sets = [torch.tensor([5, 1, 9, 9]), torch.tensor([300, 2, 5])]
+    wanted = torch.tensor([9, 300, 1, 5, 2])
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return out
+
+    full = model(feats, coords, 1)
+    full[wanted].square().sum().backward()
+    reference = grads()
+    pred = predict_rows(model, model, feats, coords, 1, sets)
+    assert pred.values.shape == (5, 16)  # the sets overlap (row 5): their union, once each
+    torch.testing.assert_close(pred[wanted], full[wanted].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred.detach(), full.detach(), rtol=1e-5, atol=1e-6)
+    assert not pred.detach().requires_grad
+    pred[wanted].square().sum().backward()
+    for a, b in zip(grads(), reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(IndexError, match="did not ask"):
+        pred[torch.tensor([0])]
+    # disjoint sets: each is answered with its own block, values and gradients as the full call's
+    disjoint = [torch.tensor([7, 3, 11]), torch.tensor([400, 20])]
+    pred = predict_rows(model, model, feats, coords, 1, disjoint)
+    loss = sum(pred[s].square().sum() * (i + 1) for i, s in enumerate(disjoint)) + pred[torch.tensor([20, 7])].sum()
+    loss.backward()
+    got = grads()
+    full = model(feats, coords, 1)
+    (sum(full[s].square().sum() * (i + 1) for i, s in enumerate(disjoint)) + full[torch.tensor([20, 7])].sum()).backward()
+    for a, b in zip(got, grads()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    class Plain(torch.nn.Module):  # a registered model that knows nothing of rows
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 4)
+
+        def forward(self, voxel_features, voxel_coords, batch_size):
+            return self.lin(voxel_features)
+
+    plain = Plain()
+    assert accepts_rows(model) and not accepts_rows(plain)
+    out = predict_rows(plain, plain, feats, coords, 1, sets)
+    torch.testing.assert_close(out[wanted], plain(feats, coords, 1)[wanted])
+
+
 def test_minkunet_row_order_preserved():
     model = build_model("minkunet18a", in_channels=1, out_channels=8, planes=(8, 8, 8, 8, 8, 8, 8, 8), init_dim=8).eval()
     idx, g = _random_scene(2, n=600, extent=20)
@@ -164,7 +221,7 @@ def test_spconv_cpu_is_race_free_with_threads():
     def run(net: torch.nn.Module, threads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         torch.set_num_threads(threads)
         net.zero_grad()
-        out = net._forward(torch.ones(len(coords), 1, dtype=dtype), coords.int(), 1)
+        out = net.head(net._forward(torch.ones(len(coords), 1, dtype=dtype), coords.int(), 1))
         out.square().mean().backward()
         return out.detach().double(), torch.cat([p.grad.flatten() for p in net.parameters()]).double()
 
@@ -174,6 +231,37 @@ def test_spconv_cpu_is_race_free_with_threads():
             out, grad = run(model, threads, torch.float32)
             assert float((out - ref_out).abs().max()) <= 2e-3 * float(ref_out.abs().max()), threads
             assert float((grad - ref_grad).abs().max()) <= 0.15 * float(ref_grad.abs().max()), threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_spconv_scatter_uses_spconvs_kernel_on_one_thread_and_index_add_on_more(monkeypatch):
+    """One thread has no race, so the replacement hands the call to spconv's faster kernel; with two
+    it must not. Either way the result is out[idx[i]] += buf[i] (checked against a Python loop)."""
+    import numpy as np
+
+    from sas3d.models import spconv_compat
+
+    ensure_spconv_cpu_backward()
+    from spconv.pytorch.cppcore import torch_tensor_to_tv
+
+    calls = []
+    native = spconv_compat._NATIVE_SCATTER[0]
+    monkeypatch.setattr(spconv_compat, "_NATIVE_SCATTER", [lambda *a: (calls.append(1), native(*a))])
+    rng = np.random.default_rng(0)
+    index = torch.from_numpy(rng.permutation(50)[:30].astype(np.int32))
+    buffer = torch.from_numpy(rng.standard_normal((40, 5), dtype=np.float32))  # 10 spare rows, as spconv's buffers
+    expected = torch.zeros(50, 5)
+    for i, row in enumerate(index.tolist()):
+        expected[row] += buffer[i]
+    before = torch.get_num_threads()
+    try:
+        for threads, native_calls in ((1, 1), (2, 1)):
+            torch.set_num_threads(threads)
+            out = torch.zeros(50, 5)
+            spconv_compat._scatter_add_cpu(torch_tensor_to_tv(out), torch_tensor_to_tv(buffer), torch_tensor_to_tv(index))
+            assert torch.equal(out, expected), threads
+            assert len(calls) == native_calls, threads
     finally:
         torch.set_num_threads(before)
 

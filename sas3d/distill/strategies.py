@@ -24,6 +24,7 @@ from sas3d.distill.batching import Batch, EpochPlan, ScenePart
 from sas3d.distill.config import TrainConfig
 from sas3d.distill.data import SceneData
 from sas3d.distill.history import TESDHistory
+from sas3d.distill.rows import StepPredictions
 
 
 def pseudo_label_weights(part: ScenePart, labels: torch.Tensor, balance: str, sp_labels: torch.Tensor | None = None
@@ -82,7 +83,7 @@ class TESD:
     def loss(self, pred: torch.Tensor, batch: Batch, scenes: Sequence[SceneData], balance: str) -> torch.Tensor:
         text = self.text.to(pred.device)
         # per-point class scores of this step's unit predictions: (unit(F3D) . T), linear like H . T
-        scores = F.normalize(pred.detach().float(), dim=1, eps=1e-8) @ text.T
+        scores = F.normalize(pred.detach().float(), dim=1, eps=1e-8) @ text.T  # every voxel, no gradient
         terms, self.last_labels = [], []
         done = self.updates_before(batch.epoch, batch.step)
         for part in batch.parts:

@@ -35,6 +35,7 @@ from sas3d.distill.config import TrainConfig
 from sas3d.distill.data import SceneData, load_scene_data
 from sas3d.distill.distributed import (DistInfo, barrier, gather_objects, init_distributed, mean_over_ranks, run_cpu_ranks,
                                        sync_batchnorm)
+from sas3d.distill.rows import StepPredictions, predict_rows
 from sas3d.distill.strategies import build_strategy
 from sas3d.errors import ConfigError, InputError
 from sas3d.utils.atomic import write_text_atomic
@@ -219,11 +220,27 @@ class Trainer:
         groups = scene.groups_of(target) if self.cfg.loss.point_target == "fused" else torch.from_numpy(scene.sp_group)[sp]
         return L.balance_weights(groups), L.balance_weights(torch.from_numpy(scene.sp_group)[torch.unique(sp)])
 
-    def _losses(self, pred: torch.Tensor, batch: Batch, stage: int) -> dict[str, torch.Tensor]:
+    def _distills(self, stage: int) -> bool:
+        cfg = self.cfg
+        return (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0 or cfg.loss.target_ce > 0)
+
+    def _loss_rows(self, batch: Batch, stage: int) -> list[torch.Tensor]:
+        """The batch rows this step's losses read (the student's head runs with gradient only there)."""
+        rows = []
+        for part in batch.parts:
+            if self._distills(stage):
+                rows.append(part.start + part.distill_rows)
+            if stage == 2 and self.strategy is not None:
+                rows.append(part.start + part.self_rows)
+            if self.cfg.loss.labels > 0:
+                rows.append(part.start + part.label_rows)
+        return rows
+
+    def _losses(self, pred: StepPredictions, batch: Batch, stage: int) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device
         zero = pred.sum() * 0.0
         out = {part: zero for part in LOSS_PARTS}
-        if (stage == 1 or cfg.loss.distill_in_stage2) and (cfg.loss.point > 0 or cfg.loss.superpoint > 0 or cfg.loss.target_ce > 0):
+        if self._distills(stage):
             point, superpoint, decision = [], [], []
             text = self.text.to(dev) if cfg.loss.target_ce > 0 else None
             for part in batch.parts:
@@ -256,7 +273,8 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        pred = self.net(batch.features.to(dev), batch.coords.to(dev), batch.batch_size)
+        pred = predict_rows(self.net, self.model, batch.features.to(dev), batch.coords.to(dev), batch.batch_size,
+                            self._loss_rows(batch, stage))
         parts = self._losses(pred, batch, stage)
         loss = (cfg.loss.point * parts["point"] + cfg.loss.superpoint * parts["superpoint"]
                 + cfg.loss.self_weight * parts["self"] + cfg.loss.labels * parts["labels"] + cfg.loss.target_ce * parts["target_ce"])

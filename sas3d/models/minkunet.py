@@ -112,7 +112,14 @@ class MinkUNet18A(nn.Module):
         top = voxel_coords[:, 1:].max(dim=0).values.tolist()
         return [max(SPATIAL_MULTIPLE, -(-(int(t) + 1) // SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE) for t in top]
 
-    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
+                rows: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(M, out_channels) outputs; with ``rows`` (R,) the pair ``(outputs[rows], outputs.detach())``.
+
+        The head is a per-voxel linear map, so the rows a training loss uses are computed with grad
+        and the rest only without it: the (M, out_channels) autograd graph (and its zero-filled
+        gradient buffers) shrinks to (R, out_channels). The trainer uses this; the values are those
+        of the plain call."""
         if voxel_features.ndim != 2 or voxel_features.shape[1] != self.in_channels:
             raise ValueError(f"expected features (M,{self.in_channels}), got {tuple(voxel_features.shape)}")
         if voxel_coords.ndim != 2 or voxel_coords.shape != (voxel_features.shape[0], 4):
@@ -120,7 +127,12 @@ class MinkUNet18A(nn.Module):
         coords = voxel_coords.to(device=voxel_features.device, dtype=torch.int32).contiguous()
         if coords.shape[0] and int(coords.min()) < 0:
             raise ValueError("voxel coordinates must be non-negative")
-        return self._forward(voxel_features.float(), coords, int(batch_size))
+        features = self._forward(voxel_features.float(), coords, int(batch_size))
+        if rows is None:
+            return self.head(features)
+        with torch.no_grad():
+            everything = self.head(features)
+        return self.head(features.index_select(0, rows)), everything
 
     def _forward(self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
         x = spconv.SparseConvTensor(voxel_features, coords, self.spatial_shape(coords), batch_size)
@@ -134,4 +146,4 @@ class MinkUNet18A(nn.Module):
             x = _bn_relu(up(x), bn)
             skip = skips[3 - i]
             x = stage(x.replace_feature(torch.cat([x.features, skip.features], dim=1)))
-        return self.head(x.features)
+        return x.features

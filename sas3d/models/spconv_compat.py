@@ -13,7 +13,9 @@ Two problems of spconv's CPU path, both fixed by :func:`ensure_spconv_cpu_backwa
    that op by torch's ``index_add_`` (same arithmetic: add each gathered row into its output row)
    makes the multi-threaded result deterministic and equal to the 1-thread one up to float rounding
    of the threaded matrix products; replacing the gather instead does not help. So CPU training
-   can use every core.
+   can use every core. With one intra-op thread there is no race, and spconv's own kernel is about
+   2-4x faster than ``index_add_`` (``benchmarks/distill.py`` profile), so the replacement hands
+   those calls back to it: the trainer's ranks run one thread each.
 
 spconv is an optional dependency: ``pip install sas3d[cpu]`` installs the CPU build, ``sas3d[cu12]``
 the CUDA 12 build; both provide the ``spconv`` module. :func:`import_spconv` says which to install.
@@ -56,11 +58,18 @@ def _null_stream() -> int:
     return 0
 
 
+_NATIVE_SCATTER: list = []  # spconv's own scatter_add_cpu, kept when it is replaced
+
+
 def _scatter_add_cpu(out, buffer, indices) -> None:
     """Race-free replacement of ``SpconvOps.scatter_add_cpu(out, buffer, indices)``:
-    ``out[indices[i]] += buffer[i]`` for the first ``len(indices)`` rows of ``buffer``."""
+    ``out[indices[i]] += buffer[i]`` for the first ``len(indices)`` rows of ``buffer``. On one
+    thread spconv's kernel (no race there, each output row gets its additions in the same order)."""
     import torch
 
+    if _NATIVE_SCATTER and torch.get_num_threads() == 1:
+        _NATIVE_SCATTER[0](out, buffer, indices)
+        return
     index = torch.from_numpy(indices.numpy_view()).long()
     target = torch.from_numpy(out.numpy_view())
     rows = torch.from_numpy(buffer.numpy_view())[: index.shape[0]]
@@ -75,6 +84,8 @@ def ensure_spconv_cpu_backward() -> bool:
 
     spconv_ops = importlib.import_module("spconv.pytorch.ops")
     if spconv_ops.SpconvOps.scatter_add_cpu is not _scatter_add_cpu:
+        if not _NATIVE_SCATTER:
+            _NATIVE_SCATTER.append(spconv_ops.SpconvOps.scatter_add_cpu)
         spconv_ops.SpconvOps.scatter_add_cpu = staticmethod(_scatter_add_cpu)
     if torch.cuda.is_available():
         return False
