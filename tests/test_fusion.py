@@ -1,6 +1,7 @@
 """Multi-view mean fusion, the precomputed teacher and the `sas3d fuse` command."""
 
 import json
+import re
 import weakref
 from pathlib import Path
 
@@ -67,6 +68,25 @@ def test_mean_by_hand():
     np.testing.assert_array_equal(out.features.float().numpy(), expected)
     assert out.seen.tolist() == [True, True, True, False]
     assert out.metadata["num_frames"] == 2 and out.metadata["fusion"] == "mean" and out.metadata["scene"] == "tiny"
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_pixels_without_a_prediction_are_not_views(kernel):
+    """A mask teacher paints zeros where it has no mask. In frame A the cell P1 and P2 read (2, 3) is
+    zero, and so is P0's cell (0, 0): P1 and P2 are the mean of frame B alone (not halved by a zero
+    view), and P0, whose only view holds no prediction, is unseen (not a zero feature labelled class 0)."""
+    scene = tiny_scene()
+    a = map_a()
+    a[2, 3] = 0
+    a[0, 0] = 0
+    cfg = FusionConfig(ProjectionConfig(border_margin=0), cpu_kernel=kernel)
+    out = fuse_maps(scene, zip(scene.frames, [a, map_b()]), cfg, progress=False)
+    np.testing.assert_array_equal(out.features.float().numpy(), [[0, 0], [109, -5], [111, -7], [0, 0]])
+    assert out.seen.tolist() == [False, True, True, False]
+    # a NaN is not "no prediction": it still fails loudly
+    a[2, 3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN or inf"):
+        fuse_maps(scene, zip(scene.frames, [a, map_b()]), cfg, progress=False)
 
 
 def test_depth_occludes_a_view(tmp_path):
@@ -178,6 +198,26 @@ def test_precomputed_mask_form(tmp_path):
     assert np.allclose(np.linalg.norm(dense[0, 0]), 1.0) and np.all(dense[3:, 4:] == 0)
 
 
+def test_precomputed_masks_unnamed_ids_are_no_prediction_end_to_end(tmp_path):
+    """A mask teacher's PNG holds id 7, which its JSON does not name, where frame A sees P1, and id 0
+    (no mask) everywhere frame B sees P1: P1 gets no view and is unseen (today's bug: a seen all-zero
+    feature, segmented as class 0). P2 is "chair" in both frames. One warning names the file."""
+    ids_a = np.ones((H, W), np.uint16)
+    ids_a[4, 6] = 7  # P1's pixel in frame A
+    ids_b = np.zeros((H, W), np.uint16)
+    ids_b[5, 3] = 1  # P2's pixel in frame B
+    for stem, ids in (("a", ids_a), ("b", ids_b)):
+        Image.fromarray(ids).save(tmp_path / f"{stem}.png")
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"1": "chair"}))
+    teacher = PrecomputedTeacher(tmp_path, text_encoder=HashEncoder())
+    with pytest.warns(UserWarning, match=r"a\.png: segment ids \[7\] are not named") as caught:
+        out = fuse_teacher(tiny_scene(), teacher, NO_MARGIN, progress=False)
+    assert len([w for w in caught if "not named" in str(w.message)]) == 1
+    assert out.seen.tolist() == [True, False, True, False]
+    np.testing.assert_allclose(out.features[2].float().numpy(), out.features[0].float().numpy(), atol=1e-3)
+    assert float(out.features[1].float().abs().max()) == 0.0
+
+
 def write_scannet_scene(root: Path, points: np.ndarray, poses: list[np.ndarray], depth_m: float) -> None:
     """A tiny scene in the ScanNet export layout (mesh PLY, color/depth/pose/intrinsic)."""
     from sas3d.scene.ply import write_ply
@@ -247,12 +287,52 @@ def test_fuse_cli_several_teachers(tmp_path, monkeypatch):
 
     cap = {"teachers": ["bad", "good"], "classes": ["chair", "table"], "scores": [[0.1, 0.1], [0.9, 0.9]]}
     (tmp_path / "cap.json").write_text(json.dumps(cap))
+    (tmp_path / "two.txt").write_text("chair\ntable\n")
+    base += ["--labelset", str(tmp_path / "two.txt")]
     assert main(base + ["--capability", str(tmp_path / "cap.json"), "--out", str(tmp_path / "guided.safetensors")]) == 0
     guided = PointFeatures.load(tmp_path / "guided.safetensors")
     assert guided.metadata["method"] == "guided"
     # Rows of the capability file are matched by teacher name: "good" (first --teacher) dominates.
     assert torch.all(guided.weights[:, 0] > 0.9)
     np.testing.assert_allclose(guided.features[0].float().numpy(), chair, atol=0.05)
+
+
+def test_fuse_cli_refuses_capability_that_does_not_fit(tmp_path, monkeypatch, capsys):
+    """Capability rows are bound by teacher identity, never by position, and must score the fusion
+    vocabulary: a file naming other teachers, other classes, or NaN scores is refused with an error
+    naming the file (before: rows taken in order, ["foo", "bar"] silently became the vocabulary,
+    NaN scores gave weights 0.541/0.459 without a message). Nothing is written."""
+    import sas3d.text.encoders
+    from sas3d.cli import main
+
+    encoder = HashEncoder()
+    monkeypatch.setattr(sas3d.text.encoders, "build_text_encoder", lambda spec="minilm", device="cpu": encoder)
+    scene_dir = tmp_path / "scene"
+    write_scannet_scene(scene_dir, np.array([[-0.5, -0.25, 1.0], [0.0, 0.0, 1.0], [0.25, 0.25, 1.0]], np.float32), [np.eye(4)], depth_m=1.0)
+    for name in ("pre_a", "pre_b"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "0.npy", np.ones((6, 8, 4), np.float32))
+    (tmp_path / "two.txt").write_text("chair\ntable\n")
+    base = ["fuse", str(scene_dir), "--teacher", f"precomputed:{tmp_path / 'pre_a'}", "--teacher",
+            f"precomputed:{tmp_path / 'pre_b'}", "--frame-stride", "1", "--no-progress", "--labelset", str(tmp_path / "two.txt")]
+    cases = {
+        "other_teachers": ({"teachers": ["lseg", "seem"], "classes": ["chair", "table"], "scores": [[0.1, 0.2], [0.3, 0.4]]},
+                           "teacher 'precomputed:"),
+        "other_classes": ({"teachers": ["pre_a", "pre_b"], "classes": ["foo", "bar"], "scores": [[0.1, 0.2], [0.3, 0.4]]},
+                          "not the fusion vocabulary"),
+        "nan": ({"teachers": ["pre_a", "pre_b"], "classes": ["chair", "table"], "scores": [[float("nan"), 0.2], [0.3, 0.4]]},
+                "NaN"),
+        "outside_0_1": ({"teachers": ["pre_a", "pre_b"], "classes": ["chair", "table"], "scores": [[1.5, 0.2], [0.3, 0.4]]},
+                        r"in \[0, 1\]"),
+    }
+    for key, (cap, message) in cases.items():
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(cap).replace("NaN", "NaN"))
+        out = tmp_path / f"{key}.safetensors"
+        assert main(base + ["--capability", str(path), "--out", str(out)]) == 1, key
+        err = capsys.readouterr().err
+        assert str(path) in err and re.search(message, err), (key, err)
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))])

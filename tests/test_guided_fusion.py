@@ -37,11 +37,14 @@ def test_guided_hand_computed():
     wa1 = math.exp(0.25 / 0.05) / (math.exp(0.25 / 0.05) + math.exp(0.75 / 0.05))
     expected_w = torch.tensor([[wa0, 1 - wa0], [wa1, 1 - wa1], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     torch.testing.assert_close(out.weights, expected_w, atol=1e-5, rtol=1e-5)
+    # Eq. 8 combines unit features: the weights are the w_t themselves, not w_t * |f_t| (issue: a
+    # shorter mean over disagreeing views would otherwise lose weight)
+    ua, ub = torch.nn.functional.normalize(fa, dim=1), torch.nn.functional.normalize(fb, dim=1)
     expected = torch.stack([
-        wa0 * fa[0] + (1 - wa0) * fb[0],
-        wa1 * fa[1] + (1 - wa1) * fb[1],
-        fa[2],  # point 2: the dense teacher (a, first) predicts the catch-all -> its feature is kept
-        fb[3],  # point 3: only b sees it
+        wa0 * ua[0] + (1 - wa0) * ub[0],
+        wa1 * ua[1] + (1 - wa1) * ub[1],
+        ua[2],  # point 2: the dense teacher (a, first) predicts the catch-all -> its feature is kept
+        ub[3],  # point 3: only b sees it
         torch.zeros(3),  # point 4: nobody sees it
     ])
     torch.testing.assert_close(out.features.float(), expected, atol=2e-3, rtol=2e-3)
@@ -73,7 +76,8 @@ def test_two_teachers_reduce_to_paper_formula():
     p_l = (scores[0, ca] + scores[0, cb]) / 2  # Eq. 7
     p_s = (scores[1, ca] + scores[1, cb]) / 2
     wl = torch.exp(p_l / tau) / (torch.exp(p_l / tau) + torch.exp(p_s / tau))  # Eq. 8
-    expected = wl[:, None] * fa + (1 - wl[:, None]) * fb
+    ua, ub = torch.nn.functional.normalize(fa, dim=1), torch.nn.functional.normalize(fb, dim=1)
+    expected = wl[:, None] * ua + (1 - wl[:, None]) * ub  # Eq. 8 on unit features
     torch.testing.assert_close(out.features.float(), expected, atol=5e-3, rtol=5e-3)
     # Official-code normalisation: the same sums divided by their total instead of by 2.
     out_code = fuse_teachers([pa, pb], text, "guided", scores, GuidedFusionConfig(temperature=tau))
@@ -118,7 +122,7 @@ def test_baselines():
     cb = 0.875 / math.sqrt(0.125**2 + 0.875**2)
     torch.testing.assert_close(lin.weights[0], torch.tensor([ca / (ca + cb), cb / (ca + cb)]), atol=1e-3, rtol=1e-3)
     assert lin.weights[3].tolist() == [0.0, 1.0]
-    norm = fuse_teachers([a, b], TEXT, "add", cfg=GuidedFusionConfig(normalize_inputs=True))
+    norm = fuse_teachers([a, b], TEXT, "add", cfg=GuidedFusionConfig(normalize_inputs="all"))
     unit = torch.nn.functional.normalize(fa[0], dim=0) + torch.nn.functional.normalize(fb[0], dim=0)
     torch.testing.assert_close(norm.features.float()[0], unit, atol=2e-3, rtol=2e-3)
 
@@ -147,3 +151,15 @@ def test_zero_feature_is_no_vote():
         out = fuse_teachers([a, b], TEXT, method, scores if method == "guided" else None)
         assert out.weights[0].tolist() == [1.0, 0.0], method
         assert out.seen.tolist() == [True]
+
+
+def test_a_point_no_teacher_predicts_at_is_unseen_after_fusion():
+    """Files written before validity reached fusion mark a mask teacher's no-mask points seen with zero
+    features. Guided fusion treats a zero feature as no prediction, and a point with none from any
+    teacher is unseen in the fused output (not a seen zero vector that decodes as class 0)."""
+    seen = torch.ones(2, dtype=torch.bool)
+    a = PointFeatures(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).half(), seen)
+    b = PointFeatures(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]).half(), seen)
+    for method in ("guided", "add", "mean"):
+        out = fuse_teachers([a, b], TEXT, method, S if method == "guided" else None)
+        assert out.seen.tolist() == [True, False], method

@@ -36,7 +36,7 @@ VOCABULARY_ALIASES = {"indoor": "vocabulary_indoor", "outdoor": "vocabulary_outd
 
 @dataclass
 class CapabilityConfig:
-    """Capability construction settings; defaults are the official SAS code values (REFERENCE.md)."""
+    """Capability construction settings; defaults are the official SAS code values."""
 
     images_per_class: int = 50  # SAS code: 50 generated images per class
     num_inference_steps: int = 50  # SAS code: 50 diffusion steps
@@ -100,6 +100,13 @@ class Capability:
             raise InputError(path, f"capability JSON lacks teachers/classes/scores ({exc})") from exc
         if scores.shape != (len(teachers), len(classes)):
             raise InputError(path, f"scores shape {scores.shape} != ({len(teachers)} teachers, {len(classes)} classes)")
+        if not np.isfinite(scores).all():
+            bad = [(teachers[t], classes[k]) for t, k in zip(*np.nonzero(~np.isfinite(scores)))]
+            raise InputError(path, f"{len(bad)} capability scores are NaN/inf (first: teacher {bad[0][0]!r}, class {bad[0][1]!r})")
+        if scores.size and (scores.min() < 0 or scores.max() > 1):
+            raise InputError(path, f"capability scores are per-class IoUs in [0, 1]; found values in [{scores.min():g}, {scores.max():g}]")
+        if len(set(teachers)) != len(teachers) or len(set(classes)) != len(classes):
+            raise InputError(path, "capability file names a teacher or a class twice")
         extra = {k: np.asarray(data[k]) for k in ("intersections", "unions", "images") if k in data}
         return cls(teachers, classes, scores, data.get("config", {}), **extra)
 

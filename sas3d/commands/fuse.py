@@ -126,7 +126,9 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
     import numpy as np
     import torch
 
-    from sas3d.errors import ConfigError
+    from pathlib import Path
+
+    from sas3d.errors import ConfigError, InputError
     from sas3d.fusion.guided import fuse_teachers
     from sas3d.text.labelsets import CATCH_ALL, get_label_set, prompt_for
 
@@ -135,10 +137,13 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
         classes: list[str] = []
         class_text = torch.zeros(0, fused[0].dim)
     else:
-        if args.labelset or capability is None:
-            classes = list(get_label_set(args.labelset or "scannet20").classes)
-        else:
-            classes = list(capability.classes)
+        classes = list(get_label_set(args.labelset or "scannet20").classes)
+        if capability is not None and fusion == "guided":
+            missing = [c for c in classes if c not in capability.classes]
+            if missing:
+                raise InputError(Path(args.capability), f"scores classes {capability.classes[:6]}{' ...' if len(capability.classes) > 6 else ''}, "
+                                 f"not the fusion vocabulary (--labelset {args.labelset or 'scannet20'}): no score for {missing[:6]}"
+                                 f"{' ...' if len(missing) > 6 else ''}")
         class_text = encoder.encode([prompt_for(c) for c in classes])
         if class_text.shape[1] != fused[0].dim:
             raise ConfigError(f"text encoder {args.text_encoder} gives {class_text.shape[1]}-d features, teachers give {fused[0].dim}-d")
@@ -146,15 +151,16 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
 
     scores = None
     if capability is not None and fusion == "guided":
-        names = [getattr(t, "name", "") for t in teachers]
-        if not all(n in capability.teachers for n in names):
-            if len(capability.teachers) != len(teachers):
-                raise ConfigError(f"capability file scores teachers {capability.teachers}, cannot match {names}")
-            print(f"note: teachers {names} not all named in the capability file {capability.teachers}; using its rows in order")
-            names = list(capability.teachers)
-        missing = [c for c in classes if c not in capability.classes]
-        if missing:
-            print(f"note: capability has no score for {missing}; they get 0")
+        # Rows are bound by identity only: a teacher's name, or the spec it was built from (capability
+        # may store either). Never by position: a different --teacher order would swap the rows.
+        names = []
+        for spec, teacher in zip(args.teacher, teachers):
+            name = getattr(teacher, "name", "")
+            found = [n for n in (name, spec) if n in capability.teachers]
+            if not found:
+                raise InputError(Path(args.capability), f"scores teachers {capability.teachers}; teacher {spec!r} (name {name!r}) "
+                                 "is not among them (rename the rows, or score this teacher with `sas3d capability`)")
+            names.append(found[0])
         scores = torch.from_numpy(capability.scores_for(names, classes).astype(np.float32))
     return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
                          capability_source=str(args.capability) if args.capability else None)

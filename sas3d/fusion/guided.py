@@ -43,7 +43,12 @@ class GuidedFusionConfig:
     weight_normalisation: str = "sum"
     keep_dense_catch_all: bool = True  # official code: dense teacher's catch-all prediction keeps its feature
     dense_teacher: int = 0  # which input is the dense teacher (first by convention)
-    normalize_inputs: bool = False  # L2-normalise each teacher's features before combining (paper: raw)
+    # Which methods L2-normalise each teacher's point features before combining: "guided" (default),
+    # "all" or "none". A fused point feature is a mean over views, shorter where the views disagree; raw,
+    # guided fusion would weigh teacher t by w_t * |f_t| instead of SAS Eq. 8's w_t (the paper combines
+    # per-pixel unit features: LSeg's pixel features, SEEM's mask embeddings). The Table 3 baselines
+    # (add, linear, mean) stay on raw features unless "all".
+    normalize_inputs: str = "guided"
     normalize_output: bool = False  # L2-normalise the fused features (classification is cosine: scale-free)
     chunk_size: int = 262144  # points per chunk, bounds peak memory on large scenes
 
@@ -92,20 +97,22 @@ def fuse_teachers(
     if not 0 <= cfg.dense_teacher < n_teachers:
         raise ConfigError(f"dense_teacher={cfg.dense_teacher} but there are {n_teachers} teachers")
 
+    normalise = _normalises(cfg.normalize_inputs, method)
     seen = torch.stack([pf.seen.to(torch.bool) for pf in features], dim=1)  # (N, T)
     out = torch.zeros(n, c, dtype=torch.float32)
     weights = torch.zeros(n, n_teachers, dtype=torch.float32)
+    any_seen = torch.zeros(n, dtype=torch.bool)
     for start in range(0, n, cfg.chunk_size):
         sl = slice(start, min(n, start + cfg.chunk_size))
         f = torch.stack([pf.features[sl].to(torch.float32) for pf in features], dim=1)  # (n, T, C)
-        if cfg.normalize_inputs:
+        if normalise:
             f = torch.nn.functional.normalize(f, dim=-1)
         # An all-zero feature is "no prediction" (a mask teacher without a mask there): not a vote for class 0.
         valid = seen[sl] & (f.abs().amax(dim=-1) > 0)
+        any_seen[sl] = valid.any(dim=1)  # a point no teacher predicts at is unseen, not a zero feature
         w = _weights(f, valid, text, method, scores, cfg, catch_all_index)
         weights[sl] = w
         out[sl] = torch.einsum("nt,ntc->nc", w, f)
-    any_seen = seen.any(dim=1)
     if cfg.normalize_output:
         out = torch.nn.functional.normalize(out, dim=-1) * any_seen[:, None]
 
@@ -124,6 +131,14 @@ def fuse_teachers(
         if key in features[0].metadata:
             metadata[key] = features[0].metadata[key]
     return PointFeatures(out.to(torch.float16), any_seen, metadata, weights)
+
+
+def _normalises(setting: str | bool, method: str) -> bool:
+    """Whether ``method`` combines unit teacher features under ``normalize_inputs``."""
+    setting = {True: "all", False: "none"}.get(setting, setting) if isinstance(setting, bool) else setting
+    if setting not in ("guided", "all", "none"):
+        raise ConfigError(f"normalize_inputs must be 'guided', 'all' or 'none', got {setting!r}")
+    return setting == "all" or (setting == "guided" and method == "guided")
 
 
 def _weights(

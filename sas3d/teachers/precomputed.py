@@ -4,7 +4,9 @@ For each frame (named by its colour file's stem, ``Frame.stem``) the folder hold
 - ``<stem>.npy``: a dense (h, w, C) float map already in the shared text space, or
 - ``<stem>.png`` (uint16 segment ids) + ``<stem>.json`` (``{"id": "label"}`` or
   ``{"id": {"label": ..., "caption": ...}}``): a mask teacher's output, turned into a dense map
-  with the shared text encoder (:func:`sas3d.teachers.alignment.masks_to_dense`).
+  with the shared text encoder (:func:`sas3d.teachers.alignment.masks_to_dense`). Id 0, and any
+  id the JSON does not name (warned about once, naming the file), is "no mask": zero features,
+  which fusion does not count as a view (:mod:`sas3d.fusion.multiview`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PrecomputedTeacher(Teacher):
             raise InputError(self.directory, "precomputed teacher folder not found")
         self.name = name or self.directory.resolve().name
         self.text_encoder = text_encoder
+        self._warned_unnamed = False
 
     def predict(self, frame: Frame) -> np.ndarray:
         dense = self.directory / f"{frame.stem}.npy"
@@ -74,6 +77,13 @@ class PrecomputedTeacher(Teacher):
         except (OSError, ValueError) as exc:
             raise InputError(labels_path, f"unreadable JSON ({exc})") from None
         segments = _parse_segments(raw, labels_path)
+        unnamed = sorted(int(i) for i in np.unique(segment_ids) if int(i) != 0 and int(i) not in segments)
+        if unnamed and not self._warned_unnamed:
+            import warnings
+
+            self._warned_unnamed = True  # once per teacher: every frame of a run usually has the same cause
+            warnings.warn(f"{ids_path}: segment ids {unnamed[:8]}{' ...' if len(unnamed) > 8 else ''} are not named in "
+                          f"{labels_path.name}; their pixels count as no prediction (0 is the no-mask id)", stacklevel=2)
         encoder = self.text_encoder
         if encoder is None:
             raise InputError(labels_path, "mask-form outputs need a text encoder to embed their labels")
