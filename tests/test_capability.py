@@ -96,6 +96,26 @@ def test_capability_against_hand_counts(tmp_path):
     assert again.catch_all_index == 2
     with pytest.raises(ConfigError):
         again.select(["missing"])
+    # identities travel with the scores: the text space they were measured in, one teacher identity per row
+    assert again.text_space == TEXT.identity and again.identity_of("half2") == "half2" and again.identity_of("x") is None
+
+
+class MaskOnlyTeacher(HalfTeacher):
+    """A mask teacher: the image's class on columns < `cols`, NO mask (zero features) elsewhere."""
+
+    def predict(self, frame: Frame) -> np.ndarray:
+        out = super().predict(frame)
+        out[:, :, 2] = 0.0
+        return out
+
+
+def test_capability_pixels_without_a_prediction_claim_no_class(tmp_path):
+    """No-mask pixels (all-zero features) are no prediction, not class 0 ("chair" here): before, they
+    were argmax'd to class 0, so every table image's no-mask area counted in chair's union and chair's
+    own images had the whole image predicted chair. With 2 of 8 columns masked, chair images 0, 1
+    (masks: 1 and 2 columns) give I = 8+16, U = 16+16 -> 0.75, the same as table's."""
+    cap = compute_capability([MaskOnlyTeacher(2)], SquareGenerator(), VOCAB, 2, TEXT, tmp_path, progress=False)
+    np.testing.assert_allclose(cap.scores[0, :2], [24 / 32, 24 / 32])
 
 
 def test_resume_after_kill_matches_uninterrupted_and_brute_force(tmp_path):

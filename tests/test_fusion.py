@@ -234,8 +234,20 @@ def write_scannet_scene(root: Path, points: np.ndarray, poses: list[np.ndarray],
         np.savetxt(root / "pose" / f"{i}.txt", pose)
 
 
-def test_fuse_cli_end_to_end(tmp_path, capsys):
+class TwoDimEncoder(HashEncoder):
+    """A 2-d text space for the tiny hand-made maps below."""
+
+    name, dim = "two-d", 2
+
+    def encode(self, texts):
+        return torch.nn.functional.normalize(torch.ones(len(texts), 2), dim=1)
+
+
+def test_fuse_cli_end_to_end(tmp_path, capsys, monkeypatch):
+    import sas3d.text.encoders
     from sas3d.cli import main
+
+    monkeypatch.setattr(sas3d.text.encoders, "build_text_encoder", lambda spec="minilm", device="cpu": TwoDimEncoder())
 
     scene_dir, teacher_dir = tmp_path / "scene", tmp_path / "lseg"
     # Points on a wall 1 m in front of both cameras (both frames' depth = 1 m); the last one is
@@ -253,6 +265,7 @@ def test_fuse_cli_end_to_end(tmp_path, capsys):
     assert fused.seen.tolist() == [True, True, True, False]
     np.testing.assert_array_equal(fused.features.float().numpy(), [[2, 2], [2, 2], [2, 2], [0, 0]])
     assert fused.metadata["teachers"] == ["lseg"] and fused.metadata["config"]["projection"]["border_margin"] == 0
+    assert fused.metadata["teacher_identity"] == "precomputed:lseg" and fused.metadata["text_space"] == "two-d"
     assert "3 of 4 points seen" in capsys.readouterr().out
 
     # A frame without its output: clear error naming the file, nothing written.
@@ -261,6 +274,27 @@ def test_fuse_cli_end_to_end(tmp_path, capsys):
     assert main(argv[:5] + [str(out2)] + argv[6:]) == 1
     assert "1.npy" in capsys.readouterr().err
     assert not out2.exists() and not list(out2.parent.glob(".other*"))
+
+
+def test_fuse_cli_refuses_a_map_that_is_not_in_the_text_space(tmp_path, capsys):
+    """A precomputed map with 7 or 512 channels against the 384-d MiniLM space is refused at its first frame,
+    naming the file (before: rc=0 and a 7-d file that failed only at query time). Nothing is written."""
+    from sas3d.cli import main
+
+    scene_dir = tmp_path / "scene"
+    pts = np.array([[-0.5, -0.25, 1.0], [0.0, 0.0, 1.0], [0.25, 0.25, 1.0]], np.float32)
+    write_scannet_scene(scene_dir, pts, [np.eye(4)], depth_m=1.0)
+    for channels in (7, 512):
+        teacher_dir = tmp_path / f"t{channels}"
+        teacher_dir.mkdir()
+        np.save(teacher_dir / "0.npy", np.ones((3, 4, channels), np.float32))
+        out = tmp_path / f"fused{channels}.safetensors"
+        argv = ["fuse", str(scene_dir), "--teacher", f"precomputed:{teacher_dir}", "--out", str(out), "--frame-stride", "1",
+                "--no-progress"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert str(teacher_dir / "0.npy") in err and f"has {channels} channels" in err and "384-d" in err
+        assert not out.exists()
 
 
 def test_fuse_cli_several_teachers(tmp_path, monkeypatch):
@@ -324,6 +358,13 @@ def test_fuse_cli_refuses_capability_that_does_not_fit(tmp_path, monkeypatch, ca
                 "NaN"),
         "outside_0_1": ({"teachers": ["pre_a", "pre_b"], "classes": ["chair", "table"], "scores": [[1.5, 0.2], [0.3, 0.4]]},
                         r"in \[0, 1\]"),
+        # identities: scored in another text space, or a row earned by another teacher of the same name
+        "other_text_space": ({"teachers": ["pre_a", "pre_b"], "classes": ["chair", "table"], "scores": [[0.1, 0.2], [0.3, 0.4]],
+                              "config": {"text_space": "clip:openai/clip-vit-base-patch16"}},
+                             "text space 'clip:openai/clip-vit-base-patch16', but the fusion's text encoder is 'hash'"),
+        "other_identity": ({"teachers": ["pre_a", "pre_b"], "classes": ["chair", "table"], "scores": [[0.1, 0.2], [0.3, 0.4]],
+                            "config": {"text_space": "hash", "teacher_identities": ["precomputed:pre_a", "clip-dense:openai/x"]}},
+                           "row 'pre_b' scores the teacher 'clip-dense:openai/x', but --teacher .* is 'precomputed:pre_b'"),
     }
     for key, (cap, message) in cases.items():
         path = tmp_path / f"{key}.json"
@@ -333,6 +374,13 @@ def test_fuse_cli_refuses_capability_that_does_not_fit(tmp_path, monkeypatch, ca
         err = capsys.readouterr().err
         assert str(path) in err and re.search(message, err), (key, err)
         assert not out.exists()
+    # the same file with matching identities is accepted
+    good = {"teachers": ["pre_b", "pre_a"], "classes": ["chair", "table"], "scores": [[0.1, 0.2], [0.3, 0.4]],
+            "config": {"text_space": "hash", "teacher_identities": ["precomputed:pre_b", "precomputed:pre_a"]}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert main(base + ["--capability", str(tmp_path / "good.json"), "--out", str(tmp_path / "good.safetensors")]) == 0
+    fused = PointFeatures.load(tmp_path / "good.safetensors")
+    assert fused.metadata["teacher_identities"] == ["precomputed:pre_a", "precomputed:pre_b"] and fused.metadata["text_space"] == "hash"
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))])

@@ -32,7 +32,7 @@ def scan(tmp_path) -> Path:
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     for n in (0, 20):
-        np.save(teacher / f"{n}.npy", np.ones((6, 8, 4), np.float32))
+        np.save(teacher / f"{n}.npy", np.ones((6, 8, 384), np.float32))  # the MiniLM space is 384-d
     return root
 
 

@@ -93,7 +93,7 @@ def test_fused_coverage_is_the_same_for_depth_stored_at_half_resolution(tmp_path
     k = k_centred(64, 48, f=40.0)  # at 2 m this camera sees x in [-1.6, 1.6], y in [-1.2, 1.2]: every point
     teacher = tmp_path / "t"
     teacher.mkdir()
-    np.save(teacher / "0.npy", np.ones((6, 8, 4), np.float32))
+    np.save(teacher / "0.npy", np.ones((6, 8, 384), np.float32))  # the MiniLM space is 384-d
     seen = {}
     for name, depth_wh in (("full", (64, 48)), ("half", (32, 24))):
         scan = _plane_scan(tmp_path / name, depth_wh, (64, 48), k)
@@ -177,7 +177,7 @@ def test_fuse_skip_invalid_poses_reports_the_count(tmp_path, capsys, caplog):
     np.savetxt(root / "pose" / "20.txt", pose)
     teacher = tmp_path / "t"
     teacher.mkdir()
-    np.save(teacher / "0.npy", np.ones((6, 8, 4), np.float32))
+    np.save(teacher / "0.npy", np.ones((6, 8, 384), np.float32))  # the MiniLM space is 384-d
     argv = ["fuse", str(root), "--teacher", f"precomputed:{teacher}", "--out", str(tmp_path / "f.safetensors"), "--no-progress"]
     assert main(argv) == 1 and "--skip-invalid-poses" in capsys.readouterr().err
     with caplog.at_level(logging.WARNING, logger="sas3d.scene"):
@@ -193,7 +193,7 @@ def test_no_progress_hides_the_7scenes_backprojection_bar(tmp_path, capfd):
     teacher = tmp_path / "t"
     teacher.mkdir()
     for i in range(20):
-        np.save(teacher / f"frame-{i:06d}.color.npy", np.ones((3, 4, 2), np.float32))
+        np.save(teacher / f"frame-{i:06d}.color.npy", np.ones((3, 4, 384), np.float32))
     argv = ["fuse", str(root), "--teacher", f"precomputed:{teacher}", "--set", "border_margin=0"]
     assert main(argv + ["--out", str(tmp_path / "a.safetensors")]) == 0
     assert "back-projecting depth" in capfd.readouterr().err  # the bar exists ...

@@ -25,6 +25,7 @@ from PIL import Image
 from sas3d.capability.generators import Generator
 from sas3d.config import to_dict
 from sas3d.errors import ConfigError, InputError
+from sas3d.identity import TEACHERS, TEXT_SPACE, text_space_of
 from sas3d.scene.types import IGNORE_LABEL, Frame
 from sas3d.teachers.base import Teacher
 from sas3d.text.base import TextEncoder
@@ -111,6 +112,18 @@ class Capability:
         return cls(teachers, classes, scores, data.get("config", {}), **extra)
 
     @property
+    def text_space(self) -> str | None:
+        """The text space the scores were measured in (None in files written before it was recorded)."""
+        return self.config.get(TEXT_SPACE)
+
+    def identity_of(self, teacher: str) -> str | None:
+        """The identity recorded for the row named ``teacher`` (None in older files)."""
+        identities = self.config.get(TEACHERS)
+        if not identities or len(identities) != len(self.teachers) or teacher not in self.teachers:
+            return None
+        return identities[self.teachers.index(teacher)]
+
+    @property
     def catch_all_index(self) -> int | None:
         return next((i for i, c in enumerate(self.classes) if c in CATCH_ALL), None)
 
@@ -129,6 +142,38 @@ class Capability:
         columns = [rows[:, self.classes.index(c)] if c in self.classes else np.zeros(len(rows)) for c in classes]
         return np.stack(columns, axis=1)
 
+    def bind(self, names: Sequence[str], identities: Sequence[str | None], classes: Sequence[str], text_space: str | None,
+             path: str | Path | None = None, specs: Sequence[str] | None = None) -> np.ndarray:
+        """(T, K) scores for teachers ``names`` on the fusion vocabulary ``classes``, checked.
+
+        Rows are bound by identity only, never by position (another --teacher order would swap them): a
+        row is the one named by the teacher's name, or by its spec (``specs``: files written by older
+        versions stored specs), and where the file records the row's identity it must be the teacher's.
+        The file must score every class of ``classes`` and be measured in ``text_space``. Every refusal
+        is an InputError naming ``path`` and both sides.
+        """
+        where = Path(path) if path is not None else None
+        if text_space is not None and self.text_space is not None and self.text_space != text_space:
+            raise InputError(where, f"the capability scores were measured in the text space {self.text_space!r}, but the "
+                                    f"fusion's text encoder is {text_space!r}; score the teachers again with that --text-encoder")
+        missing = [c for c in classes if c not in self.classes]
+        if missing:
+            more = " ..." if len(missing) > 6 else ""
+            raise InputError(where, f"scores classes {self.classes[:6]}{' ...' if len(self.classes) > 6 else ''}, not the fusion "
+                                    f"vocabulary: no score for {missing[:6]}{more} (score that vocabulary, or pick it with --labelset)")
+        rows = []
+        for i, (name, identity) in enumerate(zip(names, identities)):
+            spec = specs[i] if specs is not None else None
+            found = [n for n in (name, spec) if n is not None and n in self.teachers]
+            if not found:
+                raise InputError(where, f"scores teachers {self.teachers}; teacher {spec or name!r} (name {name!r}) is not among "
+                                        "them (rename the rows, or score this teacher with `sas3d capability`)")
+            recorded = self.identity_of(found[0])
+            if recorded is not None and identity is not None and recorded != identity:
+                raise InputError(where, f"row {found[0]!r} scores the teacher {recorded!r}, but --teacher {spec or name} is {identity!r}")
+            rows.append(found[0])
+        return self.scores_for(rows, classes)
+
     def class_text(self, text_encoder: TextEncoder) -> torch.Tensor:
         """(K, C) text features of the capability vocabulary, encoded as the fusion prompts them."""
         return text_encoder.encode([prompt_for(c) for c in self.classes])
@@ -142,11 +187,17 @@ def mask_counts(teacher_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[int, int
 
 
 def teacher_class_map(feature_map: np.ndarray, class_text: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Per-pixel argmax over the vocabulary of an (h, w, C) teacher map, resized (nearest) to (height, width)."""
+    """Per-pixel argmax over the vocabulary of an (h, w, C) teacher map, resized (nearest) to (height, width).
+
+    A pixel whose feature is all zero holds no prediction (a mask teacher without a mask there) and gets
+    -1: it claims no class, as in fusion (:mod:`sas3d.fusion.multiview`), instead of class 0.
+    """
     fmap = np.asarray(feature_map, dtype=np.float32)
     if fmap.ndim != 3 or fmap.shape[2] != class_text.shape[1]:
         raise ValueError(f"teacher map shape {fmap.shape} does not match text dim {class_text.shape[1]}")
-    pred = (torch.from_numpy(fmap).reshape(-1, fmap.shape[2]) @ class_text.T).argmax(dim=1)
+    flat = torch.from_numpy(fmap).reshape(-1, fmap.shape[2])
+    pred = (flat @ class_text.T).argmax(dim=1)
+    pred[~(flat != 0).any(dim=1)] = -1
     pred = pred.reshape(fmap.shape[0], fmap.shape[1]).numpy()
     if pred.shape != (height, width):
         rows = (np.arange(height) * pred.shape[0] // height).clip(0, pred.shape[0] - 1)
@@ -226,7 +277,8 @@ def compute_capability(
     for k, cls in enumerate(vocab.classes):
         if cls in CATCH_ALL:
             scores[:, k] = 0.0  # SAS: the catch-all class gets no capability
-    meta = {"capability_config": to_dict(cfg), **setup, "images_per_class": images_per_class}
+    meta = {"capability_config": to_dict(cfg), **setup, "images_per_class": images_per_class,
+            TEXT_SPACE: text_space_of(text_encoder), TEACHERS: [getattr(t, "identity", n) for t, n in zip(teachers, names)]}
     return Capability(names, list(vocab.classes), scores, meta, inter, union, counts)
 
 

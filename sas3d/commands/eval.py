@@ -110,9 +110,12 @@ def run(args: argparse.Namespace) -> int:
     model, voxel_size = None, None
     if cfg.mode != "fusion":
         from sas3d.models.checkpoint import load_checkpoint
+        from sas3d.identity import check_text_space
         from sas3d.query.similarity import metadata_value
+        from sas3d.text.encoders import text_space_for_spec
 
         model, meta, _ = load_checkpoint(args.checkpoint, device=cfg.device)
+        check_text_space(meta.get("text_space"), text_space_for_spec(cfg.text_encoder), args.checkpoint, "the checkpoint's features")
         model.eval()
         voxel_size = metadata_value(meta, "voxel_size")
     loaders = [functools.partial(open_scene, p, args.scene_labelset or cfg.labelset) for p in paths]

@@ -81,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     teachers = [build_teacher(spec, context) for spec in args.teacher]
+    for spec, teacher in zip(args.teacher, teachers):  # before any frame is read
+        space = getattr(teacher, "text_space", None)
+        if space is not None and space != encoder.identity:
+            raise ConfigError(f"teacher {spec!r} outputs features in the text space {space!r}, but --text-encoder "
+                              f"{args.text_encoder} is {encoder.identity!r}; use --text-encoder for the teacher's space")
     fusion = args.fusion or ("guided" if args.capability and len(teachers) > 1 else "mean")
     capability = _load_capability(args.capability) if args.capability else None
     if len(teachers) > 1 and fusion == "guided" and capability is None:
@@ -126,9 +131,7 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
     import numpy as np
     import torch
 
-    from pathlib import Path
-
-    from sas3d.errors import ConfigError, InputError
+    from sas3d.errors import ConfigError
     from sas3d.fusion.guided import fuse_teachers
     from sas3d.text.labelsets import CATCH_ALL, get_label_set, prompt_for
 
@@ -138,12 +141,6 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
         class_text = torch.zeros(0, fused[0].dim)
     else:
         classes = list(get_label_set(args.labelset or "scannet20").classes)
-        if capability is not None and fusion == "guided":
-            missing = [c for c in classes if c not in capability.classes]
-            if missing:
-                raise InputError(Path(args.capability), f"scores classes {capability.classes[:6]}{' ...' if len(capability.classes) > 6 else ''}, "
-                                 f"not the fusion vocabulary (--labelset {args.labelset or 'scannet20'}): no score for {missing[:6]}"
-                                 f"{' ...' if len(missing) > 6 else ''}")
         class_text = encoder.encode([prompt_for(c) for c in classes])
         if class_text.shape[1] != fused[0].dim:
             raise ConfigError(f"text encoder {args.text_encoder} gives {class_text.shape[1]}-d features, teachers give {fused[0].dim}-d")
@@ -151,17 +148,10 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
 
     scores = None
     if capability is not None and fusion == "guided":
-        # Rows are bound by identity only: a teacher's name, or the spec it was built from (capability
-        # may store either). Never by position: a different --teacher order would swap the rows.
-        names = []
-        for spec, teacher in zip(args.teacher, teachers):
-            name = getattr(teacher, "name", "")
-            found = [n for n in (name, spec) if n in capability.teachers]
-            if not found:
-                raise InputError(Path(args.capability), f"scores teachers {capability.teachers}; teacher {spec!r} (name {name!r}) "
-                                 "is not among them (rename the rows, or score this teacher with `sas3d capability`)")
-            names.append(found[0])
-        scores = torch.from_numpy(capability.scores_for(names, classes).astype(np.float32))
+        names = [getattr(t, "name", "") for t in teachers]
+        rows = capability.bind(names, [getattr(t, "identity", None) for t in teachers], classes, encoder.identity,
+                               args.capability, specs=args.teacher)
+        scores = torch.from_numpy(rows.astype(np.float32))
     return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
                          capability_source=str(args.capability) if args.capability else None)
 
@@ -184,6 +174,10 @@ def _lazy_text_encoder(spec: str, device: str):
         @property
         def dim(self) -> int:  # type: ignore[override]
             return self._get().dim
+
+        @property
+        def identity(self) -> str:
+            return self._get().identity
 
         def encode(self, texts):
             return self._get().encode(texts)

@@ -38,9 +38,10 @@ def check_text_encoder(spec: str) -> None:
     if kind == "minilm" and arg in ("", "raw"):
         return
     if kind == "clip":
+        from sas3d.text.clip import DEFAULT_CLIP_MODEL
         from sas3d.utils.hub import pretrained_options
 
-        pretrained_options(arg or "openai/clip-vit-base-patch32", "CLIP text encoder")
+        pretrained_options(arg or DEFAULT_CLIP_MODEL, "CLIP text encoder")
         return
     build_text_encoder(spec)  # raises its ConfigError for every other spec before loading anything
 
@@ -53,13 +54,13 @@ def check_teacher(spec: str) -> None:
     kind, _, argument = spec.partition(":")
     if kind not in FACTORIES:
         raise ConfigError(f"unknown teacher {spec!r}; kinds: {', '.join(f'{k}:...' for k in FACTORIES)}")
-    if kind == "precomputed" and not Path(argument).is_dir():
-        raise InputError(Path(argument), "precomputed teacher folder not found")
+    if kind == "precomputed" and not Path(argument.partition("#")[0]).is_dir():
+        raise InputError(Path(argument.partition("#")[0]), "precomputed teacher folder not found")
 
 
 def teacher_reads(specs: Iterable[str]) -> list[Read]:
     """The folders of ``precomputed:DIR`` teachers, as read entries."""
-    return [(Path(s.partition(":")[2]), "*") for s in specs if s.startswith("precomputed:")]
+    return [(Path(s.partition(":")[2].partition("#")[0]), "*") for s in specs if s.startswith("precomputed:")]
 
 
 def preflight(

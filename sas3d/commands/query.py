@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sas3d.errors import InputError
     from sas3d.evaluate.interop import open_scene
+    from sas3d.identity import check_text_space
     from sas3d.query.export import write_heatmap_ply
     from sas3d.query.similarity import load_point_features, query_prompt, text_similarity, truncation_warning
     from sas3d.text.encoders import build_text_encoder
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     scene = open_scene(args.scene, args.scene_labelset)
     feats = load_point_features(args.source, scene, device=args.device, tta=args.tta)
+    check_text_space(feats.metadata.get("text_space"), encoder, args.source, "the features")
     text = encoder.encode([prompt])[0]
     if text.shape[0] != feats.dim:
         raise InputError(args.source, f"features are {feats.dim}-d but {args.text_encoder} gives {text.shape[0]}-d text; use the encoder they were made with")

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from sas3d.errors import InputError
     from sas3d.evaluate.interop import open_scene
     from sas3d.evaluate.predict import build_class_text, classify
+    from sas3d.identity import check_text_space
     from sas3d.query.export import legend_path, write_label_ply
     from sas3d.query.similarity import load_point_features
     from sas3d.text.encoders import build_text_encoder
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
               writes=[Output(args.out, "ply"), Output(legend_path(args.out), "json")])
     scene = open_scene(args.scene, args.scene_labelset)
     feats = load_point_features(args.source, scene, device=args.device, tta=args.tta)
-    ct = build_class_text(ls, build_text_encoder(args.text_encoder, device=args.device))
+    encoder = build_text_encoder(args.text_encoder, device=args.device)
+    check_text_space(feats.metadata.get("text_space"), encoder, args.source, "the features")
+    ct = build_class_text(ls, encoder)
     if ct.embeddings.shape[1] != feats.dim:
         raise InputError(args.source, f"features are {feats.dim}-d but {args.text_encoder} gives {ct.embeddings.shape[1]}-d text; use the encoder they were made with")
     labels = classify(feats.features, ct.embeddings, to_class=ct.to_class, seen=feats.seen)

@@ -18,6 +18,7 @@ import torch
 
 from sas3d.distill.config import DataConfig
 from sas3d.errors import InputError
+from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE
 from sas3d.geometry.superpoints import scene_superpoints
 from sas3d.scene.types import Scene
 
@@ -38,6 +39,8 @@ class SceneData:
     fused_path: Path | None = None
     labels: np.ndarray | None = None  # (N,) ground truth: validation, and the supervised reference recipe
     teachers: tuple[str, ...] = ()  # teacher names recorded in the fused file (e.g. "simulated-lseg")
+    teacher_identities: tuple[str, ...] = ()  # their identities (sas3d.identity), when the file records them
+    text_space: str | None = None  # the fused features' text space, when the file records it
     colors: np.ndarray | None = None  # (N, 3) uint8, for data.input=rgb
     sp_group: np.ndarray | None = None  # (S,) int64 group (class / cluster) of each superpoint target
     group_basis: torch.Tensor | None = None  # (G, C) unit rows that define the groups (text rows or centroids)
@@ -164,6 +167,8 @@ def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfi
         fused_path=fused_path,
         labels=None if scene.labels is None else np.asarray(scene.labels, dtype=np.int64),
         teachers=tuple(str(t) for t in fused.metadata.get("teachers", ())),
+        teacher_identities=tuple(str(t) for t in fused.metadata.get(TEACHERS, [fused.metadata[TEACHER]] if TEACHER in fused.metadata else [])),
+        text_space=fused.metadata.get(TEXT_SPACE),
         colors=None if scene.colors is None else np.asarray(scene.colors, dtype=np.uint8),
         group_basis=basis,
     )

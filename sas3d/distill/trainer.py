@@ -38,6 +38,8 @@ from sas3d.distill.distributed import (DistInfo, barrier, gather_objects, init_d
 from sas3d.distill.rows import StepPredictions, predict_rows
 from sas3d.distill.strategies import build_strategy
 from sas3d.errors import ConfigError, InputError
+from sas3d.identity import TEACHERS, TEXT_SPACE, check_text_space
+from sas3d.text.encoders import text_space_for_spec
 from sas3d.utils.atomic import write_text_atomic
 
 LOSS_PARTS = ("point", "superpoint", "self", "labels", "target_ce")
@@ -92,6 +94,7 @@ class Trainer:
         self.text = (text_features if text_features is not None else class_text_features(cfg)).float().cpu()
         self.scenes = self._load_scenes([Path(s) for s in scenes], Path(fused_dir))
         self.teachers = sorted({t for s in self.scenes for t in s.teachers})
+        self.teacher_identities = sorted({t for s in self.scenes for t in s.teacher_identities})
         self.simulated = any("simulated" in t for t in self.teachers)  # a student of simulated teachers is simulated
         self.val_scenes = self._load_val_scenes(val_scenes) if self.dist.is_main else []
         self.model, self.net = self._build_model()
@@ -135,6 +138,9 @@ class Trainer:
                 raise InputError(s.fused_path, f"feature width {s.dim} != {scenes[0].dim} of the other scenes")
             if cfg.loss.labels > 0 and s.labels is None:
                 raise InputError(s.fused_path, f"scene {s.name!r} has no ground-truth labels; loss.labels (the supervised recipe) needs them")
+        self.text_space = text_space_for_spec(cfg.text.encoder)
+        for s in scenes:  # every scene's targets must live in the space the student is decoded in
+            check_text_space(s.text_space, self.text_space, s.fused_path, f"the fused features of scene {s.name!r}")
         if self.text.shape[1] != scenes[0].dim:
             raise ConfigError(f"text encoder {cfg.text.encoder!r} gives {self.text.shape[1]}-d features but the fused features are {scenes[0].dim}-d")
         return scenes
@@ -189,6 +195,8 @@ class Trainer:
                 # numpy streams are re-derived from (seed, epoch, step, slot); torch's CPU state is in extra
                 "rng": {"seed": self.cfg.seed, "next_epoch": self.epoch, "numpy": "default_rng([seed, epoch, step, slot])"},
                 "teachers": self.teachers,
+                TEACHERS: self.teacher_identities,
+                TEXT_SPACE: self.text_space,
                 "simulated": self.simulated,
                 "metrics": self.metrics,
             })

@@ -51,6 +51,8 @@ class EvalResult:
     confusion: np.ndarray  # (K, K+1), last column = no prediction
     metrics: dict[str, Any]
     scenes: list[dict[str, Any]] = field(default_factory=list)
+    text_space: str | None = None  # identity of the text space the classes were decoded in (sas3d.identity)
+    teacher_identities: list[str] = field(default_factory=list)  # the teachers behind the scored features, where recorded
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (NaN -> null)."""
@@ -64,6 +66,8 @@ class EvalResult:
             "mode": self.config.mode,
             "tta": self.config.tta,
             "text_encoder": self.config.text_encoder,
+            "text_space": self.text_space,
+            "teacher_identities": self.teacher_identities,
             "miou": num(m["miou"]),
             "macc": num(m["macc"]),
             "classes": self.classes,
@@ -139,7 +143,8 @@ def evaluate_scenes(
 
     from sas3d.evaluate.predict import predict_3d
     from sas3d.query.similarity import DEFAULT_VOXEL_SIZE, load_point_features
-    from sas3d.text.encoders import build_text_encoder
+    from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE, check_text_space, text_space_of
+    from sas3d.text.encoders import build_text_encoder, text_space_for_spec
 
     if cfg.mode not in MODES:
         raise InputError(None, f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
@@ -148,11 +153,16 @@ def evaluate_scenes(
     if cfg.mode != "distill" and fused_dir is None:
         raise InputError(None, f"mode {cfg.mode} needs --fused DIR with the fused 2D features")
     ls = get_label_set(cfg.labelset)
+    space = text_space_of(text_encoder) if text_encoder is not None else text_space_for_spec(cfg.text_encoder)
     if class_text is not None:
         ct = class_text
     else:
         encoder = text_encoder or build_text_encoder(cfg.text_encoder, device=cfg.device)
         ct = build_class_text(ls, encoder, nuscenes_details=cfg.nuscenes_details)
+    teachers: set[str] = set()
+    if model is not None:
+        check_text_space(getattr(model, "sas3d_text_space", None), space, None, "the 3D model's features")
+        teachers.update(getattr(model, "sas3d_teacher_identities", None) or ())
     k = len(ls)
     conf = np.zeros((k, k + 1), dtype=np.int64)
     per_scene = []
@@ -168,6 +178,8 @@ def evaluate_scenes(
         if cfg.mode != "distill":
             path = find_fused_file(Path(fused_dir), scene.name)  # type: ignore[arg-type]
             fused = load_point_features(path, scene)
+            check_text_space(fused.metadata.get(TEXT_SPACE), space, path, "the fused features")
+            teachers.update(fused.metadata.get(TEACHERS) or ([fused.metadata[TEACHER]] if TEACHER in fused.metadata else []))
             _check_dim(fused.dim, ct, "fused features", path)
         if cfg.mode == "distill":
             pred = classify(feat3d, ct.embeddings, to_class=ct.to_class)
@@ -179,7 +191,7 @@ def evaluate_scenes(
         conf += c
         m = iou_acc(c)
         per_scene.append({"name": scene.name, "points": scene.num_points, "evaluated_points": int(c.sum()), "miou": None if math.isnan(m["miou"]) else m["miou"]})
-    return EvalResult(cfg, list(ls.classes), conf, iou_acc(conf), per_scene)
+    return EvalResult(cfg, list(ls.classes), conf, iou_acc(conf), per_scene, space, sorted(teachers))
 
 
 def _check_dim(dim: int, ct: Any, what: str, path: Any) -> None:

@@ -29,6 +29,7 @@ import torch
 from sas3d.config import to_dict
 from sas3d.errors import ConfigError
 from sas3d.fusion.features import PointFeatures
+from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE, common_text_space
 
 METHODS = ("guided", "add", "linear", "mean")
 
@@ -83,6 +84,7 @@ def fuse_teachers(
     if text.ndim != 2 or text.shape[1] != c:
         raise ConfigError(f"class_text has shape {tuple(text.shape)}, expected (K, {c})")
     n_teachers, k = len(features), text.shape[0]
+    text_space = common_text_space([pf.metadata for pf in features], [_teacher_name(pf, i) for i, pf in enumerate(features)])
     scores = None
     if method == "guided":
         if capability_scores is None:
@@ -125,6 +127,11 @@ def fuse_teachers(
         "capability_source": capability_source,
         "catch_all_index": catch_all_index,
     }
+    identities = [(pf.metadata or {}).get(TEACHER) for pf in features]
+    if all(identities):
+        metadata[TEACHERS] = identities
+    if text_space is not None:
+        metadata[TEXT_SPACE] = text_space
     if any("simulated" in str(nm) for nm in names):
         metadata["note"] = "fused from SIMULATED teachers"
     for key in ("scene", "num_frames"):

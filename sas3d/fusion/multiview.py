@@ -40,6 +40,7 @@ from sas3d.geometry.projection import (
     projection_config_for,
     world_to_camera,
 )
+from sas3d.identity import TEACHER, TEXT_SPACE
 from sas3d.scene.types import Frame, Scene
 from sas3d.teachers.base import Teacher
 
@@ -398,7 +399,11 @@ def fuse_teacher(
     """Run ``teacher.predict`` on every frame of ``scene`` (one at a time) and fuse the outputs."""
     maps = ((frame, teacher.predict(frame)) for frame in scene.frames)
     name = getattr(teacher, "name", type(teacher).__name__)
-    return fuse_maps(scene, maps, cfg, device, teacher_names=[name], progress=progress, total=len(scene.frames))
+    fused = fuse_maps(scene, maps, cfg, device, teacher_names=[name], progress=progress, total=len(scene.frames))
+    fused.metadata[TEACHER] = getattr(teacher, "identity", name)
+    if getattr(teacher, "text_space", None) is not None:
+        fused.metadata[TEXT_SPACE] = teacher.text_space
+    return fused
 
 
 __all__ = ["FusionConfig", "fusion_config_for", "fuse_maps", "fuse_teacher", "map_rows"]

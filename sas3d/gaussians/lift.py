@@ -33,6 +33,7 @@ from sas3d.errors import ConfigError, InputError
 from sas3d.fusion.features import PointFeatures
 from sas3d.fusion.multiview import map_rows
 from sas3d.gaussians.model import GaussianScene
+from sas3d.identity import TEACHER, TEXT_SPACE, text_space_of
 from sas3d.gaussians.raster import composite, lift_accumulate, project_gaussians
 from sas3d.geometry.projection import ProjectionConfig, project_points, projection_config_for
 from sas3d.scene.types import Frame
@@ -161,6 +162,10 @@ def lift_teacher(gaussians: GaussianScene, frames: Sequence[Frame], teacher: Any
     name = getattr(teacher, "name", type(teacher).__name__)
     cfgs = [cfg or LiftConfig()] if cfg is None or isinstance(cfg, LiftConfig) else list(cfg)
     out = lift_maps_multi(gaussians, maps, cfgs, teacher_names=[name], progress=progress, total=len(frames))
+    for pf in out:  # the same identities as point fusion records (sas3d.identity)
+        pf.metadata[TEACHER] = getattr(teacher, "identity", name)
+        if getattr(teacher, "text_space", None) is not None:
+            pf.metadata[TEXT_SPACE] = teacher.text_space
     return out if cfg is not None and not isinstance(cfg, LiftConfig) else out[0]
 
 
@@ -176,10 +181,9 @@ def combine_teachers(features: Sequence[PointFeatures], teacher_names: Sequence[
     if method == "guided":
         if capability is None:
             raise ConfigError("guided fusion needs a capability file (sas3d capability ... --out cap.json)")
-        missing = [t for t in teacher_names if t not in capability.teachers]
-        if missing:
-            raise ConfigError(f"capability scores teachers {capability.teachers}; no row for {missing}")
-        scores = torch.as_tensor(capability.scores_for(list(teacher_names), label_set.classes), dtype=torch.float32)
+        identities = [(pf.metadata or {}).get(TEACHER) for pf in features]
+        rows = capability.bind(list(teacher_names), identities, label_set.classes, text_space_of(encoder), capability_source)
+        scores = torch.as_tensor(rows, dtype=torch.float32)
     fused = fuse_teachers(list(features), class_text, method, scores, GuidedFusionConfig(), label_set.catch_all_index,
                           teacher_names=list(teacher_names), capability_source=capability_source)
     fused.metadata["gaussians"] = features[0].metadata.get("gaussians")

@@ -87,6 +87,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as exc:
         raise InputError(path, f"weights do not fit model {name!r}: {exc}") from exc
     model.to(device)
+    # The student's outputs live in the text space its targets did (sas3d.identity); None in older files.
+    model.sas3d_text_space = meta.get("text_space")
+    model.sas3d_teacher_identities = meta.get("teacher_identities")
     state = CheckpointState(extra={k[len("extra."):]: v.to(device) for k, v in tensors.items() if k.startswith("extra.")})
     optim_meta = meta.get("optim")
     if optim_meta is not None:

@@ -15,7 +15,8 @@ def training_overrides(cfg: PipelineConfig) -> list[str]:
     """The ``--set`` values every training run of the pipeline adds to its recipe."""
     common = [f"data.voxel_size={cfg.voxel_size}", f"optim.lr={cfg.lr}", f"optim.final_lr={cfg.final_lr}",
               f"optim.batch_size={cfg.batch_size}", f"seed={cfg.seed}", f"schedule.keep_checkpoints={cfg.keep_checkpoints}",
-              f"schedule.checkpoint_every={cfg.checkpoint_every}", f"data.augment={str(cfg.augment).lower()}", f"device={cfg.device}"]
+              f"schedule.checkpoint_every={cfg.checkpoint_every}", f"data.augment={str(cfg.augment).lower()}", f"device={cfg.device}",
+              f"text.encoder={cfg.text_encoder}", f"text.labelset={cfg.labelset}"]  # the students' text space = the pipeline's
     common += [f"model.options.{k}={json.dumps(v)}" for k, v in cfg.model_options.items()]  # JSON is valid YAML
     return common + list(cfg.train_overrides)
 

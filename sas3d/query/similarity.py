@@ -114,7 +114,11 @@ def load_point_features(
         model = model.to(device).eval()
         feats = predict_3d(model, scene.points, vs, tta=tta, device=device, colors=scene.colors)
         seen = torch.ones(scene.num_points, dtype=torch.bool)
-        return PointFeatures(feats, seen, {"source": str(path), "kind": "distill", "voxel_size": vs, "tta": tta})
+        meta = {"source": str(path), "kind": "distill", "voxel_size": vs, "tta": tta}
+        for key in ("text_space", "teacher_identities"):  # sas3d.identity: what the student was distilled from
+            if metadata.get(key) is not None:
+                meta[key] = metadata[key]
+        return PointFeatures(feats, seen, meta)
     if kind == "reference":
         from sas3d.evaluate.interop import load_reference_fused
 

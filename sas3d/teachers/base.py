@@ -18,6 +18,20 @@ class Teacher(ABC):
 
     name: str
 
+    @property
+    def identity(self) -> str:
+        """The teacher's kind and model (``clip-dense:<model id>``, ``precomputed:<name>``, ...): stored with
+        every per-teacher artefact (fused features, capability rows) and checked where they meet."""
+        return self.name
+
+    @property
+    def text_space(self) -> str | None:
+        """Identity of the text space its features live in: its text encoder's (None when it has none)."""
+        from sas3d.identity import text_space_of
+
+        encoder = getattr(self, "text_encoder", None)
+        return None if encoder is None else text_space_of(encoder)
+
     @abstractmethod
     def predict(self, frame: Frame) -> np.ndarray:
         ...

@@ -59,6 +59,14 @@ class CachedTeacher(Teacher):
         self.name = teacher.name
         self.metadata = teacher_metadata(teacher)
 
+    @property
+    def identity(self) -> str:
+        return self.teacher.identity
+
+    @property
+    def text_space(self) -> str | None:
+        return self.teacher.text_space
+
     def path_for(self, frame: Frame) -> Path:
         return self.cache_dir / f"{frame.stem}.safetensors"
 

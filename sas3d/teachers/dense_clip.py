@@ -25,6 +25,7 @@ from sas3d.errors import ConfigError
 from sas3d.scene.types import Frame
 from sas3d.teachers.base import Teacher
 from sas3d.teachers.cache import maybe_cached
+from sas3d.text.clip import DEFAULT_CLIP_MODEL
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing constants
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,7 +35,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class DenseCLIPConfig:
     """Settings of :class:`DenseCLIPTeacher`."""
 
-    model_id: str = "openai/clip-vit-base-patch16"  # MaskCLIP's ViT-B/16 backbone
+    model_id: str = DEFAULT_CLIP_MODEL  # MaskCLIP's ViT-B/16 backbone; the `clip` text space's default too
     mode: str = "maskclip"  # "maskclip" (last-layer value embeddings) | "patch" (last-layer patch tokens)
     short_side: int = 224  # input short side in px (CLIP's training resolution); long side keeps the aspect
     upsample: int = 1  # bilinear upsampling factor of the patch grid (features renormalised after)
@@ -85,6 +86,14 @@ class DenseCLIPTeacher(Teacher):
     @property
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "config": to_dict(self.config), "dim": self.dim}
+
+    @property
+    def identity(self) -> str:
+        return f"clip-dense:{self.config.model_id}"
+
+    @property
+    def text_space(self) -> str:
+        return f"clip:{self.config.model_id}"  # = CLIPTextEncoder(model_id).identity
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -28,6 +28,7 @@ from sas3d.scene.types import Frame
 from sas3d.teachers.alignment import masks_to_dense
 from sas3d.teachers.base import Teacher
 from sas3d.teachers.cache import maybe_cached
+from sas3d.text.clip import DEFAULT_CLIP_MODEL
 from sas3d.teachers.captioner import Captioner, HFCaptioner, OfflineCaptioner
 from sas3d.teachers.dense_clip import preprocess as clip_preprocess
 from sas3d.text.base import TextEncoder
@@ -42,7 +43,7 @@ class SamClipConfig:
     """Settings of :class:`SamClipTeacher` (defaults: SAM's automatic mask generator)."""
 
     sam_model_id: str = "facebook/sam-vit-base"
-    clip_model_id: str = "openai/clip-vit-base-patch16"
+    clip_model_id: str = DEFAULT_CLIP_MODEL  # the `clip` text space's default too
     points_per_side: int = 32  # SAM AMG default
     points_per_batch: int = 64  # SAM AMG default
     pred_iou_thresh: float = 0.88  # SAM AMG default
@@ -138,6 +139,10 @@ class SamClipTeacher(Teacher):
             "captioner": getattr(self.captioner, "name", None),
             "text_encoder": getattr(self.text_encoder, "name", type(self.text_encoder).__name__),
         }
+
+    @property
+    def identity(self) -> str:
+        return f"sam-clip:{self.config.sam_model_id},{self.config.clip_model_id}"
 
     # ---- SAM --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -24,8 +24,10 @@ from sas3d.text.base import TextEncoder
 class PrecomputedTeacher(Teacher):
     """Reads ``DIR/<frame stem>.npy`` (dense) or ``DIR/<stem>.png`` + ``.json`` (masks) per frame.
 
-    ``text_encoder`` is only needed for the mask form. The teacher is named after the folder
-    (``name`` overrides), which is how capability scores are matched to it.
+    ``text_encoder`` embeds the mask form's labels and fixes the width a dense map must have (the
+    first frame with another width is refused, naming the file). The teacher is named after the folder
+    (``name`` overrides; ``precomputed:DIR#NAME`` on the command line), which is how capability scores are
+    matched to it: name the folder of a model's probe-image outputs and of its scene outputs alike.
     """
 
     def __init__(self, directory: str | Path, text_encoder: TextEncoder | None = None, name: str | None = None):
@@ -35,6 +37,10 @@ class PrecomputedTeacher(Teacher):
         self.name = name or self.directory.resolve().name
         self.text_encoder = text_encoder
         self._warned_unnamed = False
+
+    @property
+    def identity(self) -> str:
+        return f"precomputed:{self.name}"
 
     def predict(self, frame: Frame) -> np.ndarray:
         dense = self.directory / f"{frame.stem}.npy"
@@ -47,8 +53,7 @@ class PrecomputedTeacher(Teacher):
             raise InputError(labels, f"segment labels missing for {ids.name} (frame {frame.stem})")
         raise InputError(dense, f"precomputed output for frame {frame.stem} not found (expected {dense.name}, or {ids.name} + {labels.name})")
 
-    @staticmethod
-    def _read_dense(path: Path) -> np.ndarray:
+    def _read_dense(self, path: Path) -> np.ndarray:
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -58,6 +63,10 @@ class PrecomputedTeacher(Teacher):
         if array.dtype.kind not in "fiu" or min(array.shape) == 0:
             raise InputError(path, f"expected a non-empty numeric (h, w, C) map, got {array.dtype} {array.shape}")
         array = np.asarray(array, dtype=np.float32)
+        encoder = self.text_encoder
+        if encoder is not None and array.shape[2] != int(encoder.dim):
+            raise InputError(path, f"has {array.shape[2]} channels but the text space {encoder.identity} is {encoder.dim}-d: "
+                                   "dense maps must be features in the text space (--text-encoder)")
         if not np.isfinite(array).all():
             raise InputError(path, f"feature map contains {int((~np.isfinite(array)).sum())} NaN/inf values")
         return array
@@ -113,11 +122,12 @@ def _parse_segments(raw: object, path: Path) -> dict[int, dict]:
 
 
 def from_spec(argument: str, context) -> PrecomputedTeacher:
-    """Registry factory for ``precomputed:DIR`` (the teacher is named after DIR's folder name)."""
-    if not argument:
-        raise InputError(None, "precomputed teacher needs a folder: precomputed:DIR")
+    """Registry factory for ``precomputed:DIR`` (named after DIR's folder) or ``precomputed:DIR#NAME``."""
+    directory, _, name = argument.partition("#")
+    if not directory:
+        raise InputError(None, "precomputed teacher needs a folder: precomputed:DIR or precomputed:DIR#NAME")
     encoder = getattr(context, "text_encoder", None)
-    return PrecomputedTeacher(argument, text_encoder=encoder)
+    return PrecomputedTeacher(directory, text_encoder=encoder, name=name or None)
 
 
 __all__ = ["PrecomputedTeacher", "from_spec"]

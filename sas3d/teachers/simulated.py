@@ -159,6 +159,15 @@ class SimulatedTeacher(Teacher):
             "text_encoder": getattr(self.text_encoder, "name", type(self.text_encoder).__name__),
         }
 
+    @property
+    def identity(self) -> str:
+        """Profile name, label set, seed and a hash of every profile field: another profile is another teacher."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(to_dict(self.profile), sort_keys=True).encode()).hexdigest()[:8]
+        return f"simulated:{self.profile.name} ({self.label_set.name}, seed {self.seed}, profile sha256:{digest})"
+
     # ---- label-level simulation -------------------------------------------------------------
     def predict_label_map(self, image: np.ndarray, gt_labels: np.ndarray, key: str, scope: str = "") -> np.ndarray:
         """(H, W) int64 predicted label-set indices; -1 = no prediction (mask teachers only)."""

