@@ -142,12 +142,16 @@ def mask_counts(teacher_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[int, int
 
 
 def teacher_class_map(feature_map: np.ndarray, class_text: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Per-pixel argmax over the vocabulary of an (h, w, C) teacher map, resized (nearest) to (height, width)."""
+    """Per-pixel argmax over the vocabulary of an (h, w, C) teacher map, resized (nearest) to (height, width).
+
+    Pixels whose features are all zero (a mask teacher's "no mask", :mod:`sas3d.teachers.precomputed`)
+    predict no class: -1, not the argmax of a zero row (which would be class 0).
+    """
     fmap = np.asarray(feature_map, dtype=np.float32)
     if fmap.ndim != 3 or fmap.shape[2] != class_text.shape[1]:
         raise ValueError(f"teacher map shape {fmap.shape} does not match text dim {class_text.shape[1]}")
     pred = (torch.from_numpy(fmap).reshape(-1, fmap.shape[2]) @ class_text.T).argmax(dim=1)
-    pred = pred.reshape(fmap.shape[0], fmap.shape[1]).numpy()
+    pred = np.where(fmap.any(axis=2), pred.reshape(fmap.shape[0], fmap.shape[1]).numpy(), -1)
     if pred.shape != (height, width):
         rows = (np.arange(height) * pred.shape[0] // height).clip(0, pred.shape[0] - 1)
         cols = (np.arange(width) * pred.shape[1] // width).clip(0, pred.shape[1] - 1)
