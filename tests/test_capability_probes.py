@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def test_missing_prediction_and_other_vocabulary_are_refused_writing_nothing(tmp
     assert not out.exists()
     assert main(argv[:2] + [str(tmp_path)] + argv[3:]) == 1  # not an export
     assert "probe manifest not found" in capsys.readouterr().err
+    shutil.copytree(probes / "images", tmp_path / "copy" / "images")  # the images without the kept masks
+    assert main(argv[:2] + [str(tmp_path / "copy")] + argv[3:]) == 1
+    assert ".sas3d: not found" in capsys.readouterr().err
 
 
 def test_export_resumes_after_a_kill_and_refuses_another_setup(tmp_path, monkeypatch, capsys):
@@ -196,3 +200,39 @@ def test_no_prediction_pixels_predict_no_class():
     fmap[1, 1] = [0.2, 0.9, 0]
     assert teacher_class_map(fmap, text, 2, 2).tolist() == [[2, -1], [-1, 1]]
     assert teacher_class_map(fmap, text, 4, 4)[:2, :2].tolist() == [[2, 2], [2, 2]]  # nearest resize keeps it
+
+
+def test_scoring_an_export_counts_what_a_direct_run_counts(tmp_path):
+    """Exported probes read back (images from images/, masks from .sas3d/) give the direct run's exact counts."""
+    from sas3d.capability import CapabilityConfig, ProceduralGenerator, compute_capability
+    from sas3d.capability.probes import export_probes, load_probes, score_probes
+    from sas3d.teachers.base import Teacher
+    from sas3d.text.labelsets import LabelSet
+
+    class ColourTeacher(Teacher):
+        """Calls a pixel 'chair' when red > green, else 'table': depends on the image only."""
+
+        name = "colour"
+
+        def predict(self, frame):
+            img = np.asarray(Image.open(frame.color_path)).astype(np.float32)
+            chair = img[..., 0] > img[..., 1]
+            return np.stack([chair, ~chair], axis=-1).astype(np.float32)
+
+    class OneHot(TextEncoder):
+        name, dim = "onehot", 2
+
+        def encode(self, texts):
+            return torch.eye(2)[[["a chair in a scene", "a table in a scene"].index(t) for t in texts]]
+
+    vocab = LabelSet("two", ("chair", "table"))
+    cfg = CapabilityConfig(images_per_class=3, procedural_size=48, seed_offset=5)
+    export_probes(ProceduralGenerator(48), vocab, 3, tmp_path / "probes", config=cfg, progress=False)
+    exported = score_probes([ColourTeacher()], load_probes(tmp_path / "probes"), OneHot(), tmp_path / "w1",
+                            teacher_names=["colour"], progress=False)
+    direct = compute_capability([ColourTeacher()], ProceduralGenerator(48), vocab, 3, OneHot(), tmp_path / "w2",
+                                config=cfg, progress=False)
+    np.testing.assert_array_equal(exported.intersections, direct.intersections)
+    np.testing.assert_array_equal(exported.unions, direct.unions)
+    assert exported.intersections.min() > 0 and (exported.intersections < exported.unions).all()  # not a trivial case
+    assert exported.config["seed_offset"] == 5 and exported.config["generator"] == "procedural"

@@ -192,6 +192,9 @@ def load_probes(path: str | Path) -> ExportedProbes:
     if sorted(listed) != sorted(wanted) or any(f != f"{s}.png" for f, s in zip(files, stems)):
         raise InputError(manifest_path, f"lists {len(listed)} images, not the {len(wanted)} probes of its vocabulary "
                                         f"({probes.images_per_class} per class) named <stem>.png")
+    if not (root / PRIVATE).is_dir():
+        raise InputError(root / PRIVATE, "not found: the pseudo masks of this export are kept there (copy the whole export "
+                                         "folder, not only images/)")
     missing = [f for f in files if not (probes.images_dir / f).is_file()]
     if missing:
         raise InputError(probes.images_dir, f"{len(missing)} of {len(files)} probe images listed in {MANIFEST} are missing "
