@@ -118,6 +118,26 @@ def test_export_then_score_precomputed_outputs_through_the_cli(tmp_path, hash_en
     assert cap.config["probes"]["images"] == 4 and out.with_suffix(".png").is_file()
     assert not list(tmp_path.glob("cap.work"))  # no progress kept unless --workdir is given
 
+    # The rows bind in `sas3d fuse`: scene outputs in folders of the same names, guided by cap.json.
+    from test_fusion import write_scannet_scene
+
+    from sas3d.fusion.features import PointFeatures
+
+    scene = tmp_path / "scene"
+    write_scannet_scene(scene, np.array([[0.0, 0.0, 1.0], [0.25, 0.25, 1.0], [-0.5, -0.25, 1.0]], np.float32), [np.eye(4)], 1.0)
+    for name, cls in (("perfect", "chair"), ("confuser", "table")):
+        (tmp_path / "scene_out" / name).mkdir(parents=True)
+        np.save(tmp_path / "scene_out" / name / "0.npy", np.broadcast_to(text[cls], (6, 8, HashEncoder.dim)).astype(np.float32))
+    fused = tmp_path / "guided.safetensors"
+    assert main(["fuse", str(scene), "--teacher", f"precomputed:{tmp_path / 'scene_out' / 'confuser'}", "--teacher",
+                 f"precomputed:{tmp_path / 'scene_out' / 'perfect'}", "--capability", str(out), "--labelset",
+                 str(tmp_path / "three.txt"), "--frame-stride", "1", "--set", "border_margin=0", "--out", str(fused),
+                 "--no-progress"]) == 0
+    guided = PointFeatures.load(fused)
+    assert guided.metadata["method"] == "guided"
+    # perfect (capability 1 on chair, its prediction) outweighs confuser (0 on table, its prediction)
+    assert torch.all(guided.weights[:, 1] > guided.weights[:, 0])
+
     # The export's images/ folder alone works too, and asking for the export's own vocabulary is fine.
     out2 = tmp_path / "cap2.json"
     assert main(["capability", "--probes", str(images), "--teacher", f"precomputed:{perfect}", "--vocabulary",
