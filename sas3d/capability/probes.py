@@ -83,6 +83,7 @@ def export_probes(
     out_dir = Path(out_dir)
     setup = {
         "generator": generator_spec or getattr(generator, "name", type(generator).__name__),
+        "generator_name": getattr(generator, "name", type(generator).__name__),  # e.g. "sd+sam": which refiner
         "vocabulary": {"name": vocabulary.name, "classes": list(vocabulary.classes)},
         "label_set": {"name": gt_set.name, "classes": list(gt_set.classes)},
         "config": {k: v for k, v in to_dict(cfg).items() if k != "images_per_class"},

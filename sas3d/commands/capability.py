@@ -126,8 +126,9 @@ def _export(args: argparse.Namespace) -> int:
     cfg = _config(args)
     vocab = resolve_vocabulary(args.vocabulary or "indoor")
     generator = _generator(args, cfg)
+    spec = (args.generator or "procedural") + (f"+sam:{args.sam}" if args.sam not in (None, "", "none") else "")
     manifest = export_probes(generator, vocab, cfg.images_per_class, args.export_probes, label_set=label_set, config=cfg,
-                             generator_spec=args.generator or "procedural", progress=not args.no_progress)
+                             generator_spec=spec, progress=not args.no_progress)
     images = args.export_probes / IMAGES
     print(f"wrote {len(manifest['images'])} probe images ({generator.name}, {cfg.images_per_class} per class, "
           f"{len(vocab)} classes of {vocab.name}) and {MANIFEST} into {images}; pseudo masks kept in "
