@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -218,11 +218,14 @@ def compute_capability(
     label_set: str = "scannet20",
     config: CapabilityConfig | None = None,
     progress: bool = True,
+    frame_source: Callable[[str, int, int], tuple[Frame, np.ndarray]] | None = None,
 ) -> Capability:
     """Score every teacher on ``images_per_class`` generated images of every vocabulary class.
 
     ``label_set`` is the label set of the ground-truth label PNGs given to teachers that read them
     (simulated teachers). Resumes from ``workdir/progress.json`` when it matches this run's setup.
+    ``frame_source(class, seed, index) -> (frame, mask)`` supplies the images (default: ``generator``
+    draws them into ``workdir``); exported probes (:mod:`sas3d.capability.probes`) read theirs back.
     """
     from tqdm import tqdm
 
@@ -245,7 +248,12 @@ def compute_capability(
     }
     progress_path = workdir / "progress.json"
     done = _load_progress(progress_path, setup)
-    jobs = [(k, c, i) for k, c in enumerate(vocab.classes) if c not in CATCH_ALL for i in range(images_per_class)]
+    jobs = probe_jobs(vocab, images_per_class)
+
+    def generated(cls: str, seed: int, index: int) -> tuple[Frame, np.ndarray]:
+        return _frame_for(generator, cls, seed, index, workdir, gt_set)
+
+    frames = frame_source or generated
 
     bar = tqdm(jobs, desc="capability", unit="img", disable=not progress)
     for k, cls, i in bar:
@@ -254,7 +262,7 @@ def compute_capability(
         if not todo:
             continue
         bar.set_postfix_str(cls)
-        frame, gt = _frame_for(generator, cls, cfg.seed_offset + i, i, workdir, gt_set)
+        frame, gt = frames(cls, cfg.seed_offset + i, i)
         entry = done.setdefault(key, {})
         for j in todo:
             fmap = teachers[j].predict(frame)
@@ -282,6 +290,11 @@ def compute_capability(
     return Capability(names, list(vocab.classes), scores, meta, inter, union, counts)
 
 
+def probe_jobs(vocabulary: LabelSet, images_per_class: int) -> list[tuple[int, str, int]]:
+    """(class index, class, image index) of every probe image; the catch-all class gets none."""
+    return [(k, c, i) for k, c in enumerate(vocabulary.classes) if c not in CATCH_ALL for i in range(images_per_class)]
+
+
 def _load_progress(path: Path, setup: dict) -> dict[str, dict[str, list[int]]]:
     if not path.is_file():
         return {}
@@ -297,13 +310,18 @@ def _load_progress(path: Path, setup: dict) -> dict[str, dict[str, list[int]]]:
     return data.get("done", {})
 
 
-def _frame_for(generator: Generator, cls: str, seed: int, index: int, workdir: Path, gt_set: LabelSet) -> tuple[Frame, np.ndarray]:
-    """Generate (or reuse) image ``index`` of ``cls``; save image + label PNG; return its Frame and mask."""
+def _frame_for(generator: Generator, cls: str, seed: int, index: int, workdir: Path, gt_set: LabelSet,
+               image_dir: Path | None = None) -> tuple[Frame, np.ndarray]:
+    """Generate (or reuse) image ``index`` of ``cls``; save image + label PNG; return its Frame and mask.
+
+    The colour image goes to ``image_dir`` when given (exported probes keep images apart from masks).
+    """
     slug = cls.replace(" ", "_").replace("/", "_")
     folder = workdir / "images" / slug
-    # Stems are unique across classes: per-frame caches key on the stem.
+    # Stems are unique across classes: per-frame caches (and exported probes' predictions) key on the stem.
     stem = f"{slug}_{index:04d}"
-    color_path, label_path, mask_path = (folder / f"{stem}{suffix}" for suffix in (".png", ".label.png", ".mask.png"))
+    label_path, mask_path = (folder / f"{stem}{suffix}" for suffix in (".label.png", ".mask.png"))
+    color_path = (image_dir or folder) / f"{stem}.png"
     if color_path.is_file() and mask_path.is_file() and label_path.is_file():
         image = np.asarray(Image.open(color_path).convert("RGB"))
         mask = np.asarray(Image.open(mask_path)) > 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
+
 import numpy as np
 
 from sas3d.errors import InputError
@@ -43,15 +45,26 @@ class PrecomputedTeacher(Teacher):
         return f"precomputed:{self.name}"
 
     def predict(self, frame: Frame) -> np.ndarray:
-        dense = self.directory / f"{frame.stem}.npy"
+        files, problem = self._locate(frame.stem)
+        if problem is not None:
+            raise InputError(*problem)
+        return self._read_dense(files[0]) if len(files) == 1 else self._read_masks(*files)
+
+    def missing_outputs(self, stems: Iterable[str]) -> list[Path]:
+        """For each stem without a usable output, the file it lacks (``<stem>.npy``, or the ``.json`` of a lone ``.png``)."""
+        return [problem[0] for problem in (self._locate(stem)[1] for stem in stems) if problem is not None]
+
+    def _locate(self, stem: str) -> tuple[tuple[Path, ...], tuple[Path, str] | None]:
+        """The frame's output files, (npy,) or (png, json), or () and (the missing file, the problem)."""
+        dense = self.directory / f"{stem}.npy"
         if dense.is_file():
-            return self._read_dense(dense)
-        ids, labels = self.directory / f"{frame.stem}.png", self.directory / f"{frame.stem}.json"
+            return (dense,), None
+        ids, labels = self.directory / f"{stem}.png", self.directory / f"{stem}.json"
         if ids.is_file() and labels.is_file():
-            return self._read_masks(ids, labels)
+            return (ids, labels), None
         if ids.is_file():
-            raise InputError(labels, f"segment labels missing for {ids.name} (frame {frame.stem})")
-        raise InputError(dense, f"precomputed output for frame {frame.stem} not found (expected {dense.name}, or {ids.name} + {labels.name})")
+            return (), (labels, f"segment labels missing for {ids.name} (frame {stem})")
+        return (), (dense, f"precomputed output for frame {stem} not found (expected {dense.name}, or {ids.name} + {labels.name})")
 
     def _read_dense(self, path: Path) -> np.ndarray:
         try:
