@@ -38,6 +38,7 @@ alone -- never from labels or measured IoUs. A shrinking mass scales the class's
 a growing one scales them up, or, for a class without targets, goes to one other class of the label set
 (not the catch-all) hashed from the same key. Each segment keeps its hashed uniform, so a class whose
 shift is 0 predicts exactly as in a scene, and scene frames (``domain == "scene"``) are untouched.
+
 Dense output: the shared text encoder's embedding of ``prompt_for(predicted class)`` per pixel plus
 N(0, ``feature_noise``) per channel, renormalised. Mask output: connected regions of the predicted
 label map are masks labelled with the class name, captioned by :class:`OfflineCaptioner` from the
