@@ -5,7 +5,9 @@ teachers are combined with ``add``, ``mean``, ``linear`` and capability-``guided
 classified by cosine argmax over the ScanNet20 text features and compared with the scene's labels
 (mIoU over present classes, unseen points count as wrong). Capability comes from the procedural
 generator (``sas3d capability`` with the same teachers). Target, as in SAS Table 3: guided beats the
-best single teacher and both baselines.
+best single teacher and both baselines. Also printed: how well that capability ranks each teacher's true
+per-class IoU on these scenes (Spearman over (teacher, class) cells, per-class teacher order agreement;
+sas3d.capability.ranking) -- the simulated teachers have a seeded probe-image domain gap (probe_gap).
 
     .venv/bin/python benchmarks/fusion_quality.py [--images-per-class 50] [--work /tmp/sas3d_fusion_bench]
 
@@ -37,6 +39,7 @@ def main() -> int:
     args = p.parse_args()
 
     from sas3d.capability import Capability, ProceduralGenerator, compute_capability
+    from sas3d.capability.ranking import capability_ranking, format_ranking
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.metrics import confusion_matrix, iou_acc
     from sas3d.evaluate.predict import build_class_text, classify
@@ -45,7 +48,7 @@ def main() -> int:
     from sas3d.scene.readers import load_scene
     from sas3d.teachers.registry import TeacherContext, build_teacher
     from sas3d.text.encoders import build_text_encoder
-    from sas3d.text.labelsets import get_label_set
+    from sas3d.text.labelsets import CATCH_ALL, get_label_set
 
     simulated = any(t.startswith("simulated") for t in args.teachers)
     tag = "SIMULATED teachers" if simulated else "teachers"
@@ -107,6 +110,11 @@ def main() -> int:
     verdict = "guided beats" if miou["guided"] > max(miou[best_single], baselines) else "guided does NOT beat"
     print(f"\n{verdict} the best single teacher ({best_single}, {miou[best_single]:.1f}) and the add/linear "
           f"baselines ({miou['add']:.1f}/{miou['linear']:.1f}) [{tag}]")
+
+    scored = np.array([c in cap.classes and c not in CATCH_ALL for c in scannet.classes])
+    capability = np.where(scored, cap.scores_for(args.teachers, scannet.classes), np.nan)
+    true_iou = np.stack([np.where(r["present"], r["iou"], np.nan) for r in (iou_acc(conf[t]) for t in args.teachers)])
+    print("\n" + "\n".join(format_ranking(capability_ranking(capability, true_iou, args.teachers, scannet.classes), simulated)))
     return 0
 
 

@@ -122,3 +122,45 @@ def test_runs_trained_in_worker_processes_match_an_in_process_run(tiny_run, tmp_
     there, _ = load_safetensors(out / data["artefacts"]["checkpoint_supervised"])
     model_keys = [k for k in here if k.startswith("model.")]
     assert model_keys and all(torch.equal(here[k], there[k]) for k in model_keys)
+
+
+def test_capability_ranking_matches_a_recount_of_the_teachers_on_both_rooms(tiny_run):
+    """report.json's capability ranking: capability from capability.json, true IoU recounted from the fused teacher files."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from sas3d import load_scene
+    from sas3d.capability import Capability
+    from sas3d.fusion.features import PointFeatures
+    from sas3d.text.encoders import build_text_encoder
+    from sas3d.text.labelsets import get_label_set
+
+    out, _, data, _ = tiny_run
+    ranking = data["capability_ranking"]
+    classes = get_label_set("scannet20").classes
+    cap = Capability.load(out / "capability.json")
+    text = build_text_encoder("minilm").encode(get_label_set("scannet20").prompts())
+    scenes = [load_scene(d) for split in ("train", "val") for d in sorted((out / "data" / split).iterdir())]
+    xs, ys = [], []
+    for teacher in ("simulated-lseg", "simulated-seem"):
+        inter, union, present = np.zeros(20), np.zeros(20), np.zeros(20, bool)
+        for scene in scenes:
+            fused = PointFeatures.load(out / "fused" / teacher / f"{scene.name}.safetensors")
+            scores = torch.nn.functional.normalize(fused.features.float(), dim=1) @ text.T
+            pred = np.where(fused.seen.numpy(), scores.argmax(1).numpy(), -1)
+            for c in range(20):
+                gt_c, pred_c = scene.labels == c, (pred == c) & (scene.labels != 255)
+                inter[c] += (gt_c & pred_c).sum()
+                union[c] += (gt_c | pred_c).sum()
+                present[c] |= gt_c.any()
+        for c, name in enumerate(classes):
+            if not present[c] or name == "otherfurniture" or name not in cap.classes:
+                assert name not in ranking["classes"]
+                continue
+            entry = ranking["classes"][name]
+            assert math.isclose(entry["true_iou"][teacher], inter[c] / union[c], rel_tol=1e-6), (teacher, name)
+            assert math.isclose(entry["capability"][teacher], cap.scores_for([teacher], [name])[0, 0], abs_tol=1e-6)
+            xs.append(cap.scores_for([teacher], [name])[0, 0])
+            ys.append(inter[c] / union[c])
+    assert ranking["cells"] == len(xs)
+    assert math.isclose(ranking["spearman"], spearmanr(xs, ys).statistic, abs_tol=1e-6)

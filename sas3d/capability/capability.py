@@ -340,7 +340,7 @@ def _frame_for(generator: Generator, cls: str, seed: int, index: int, workdir: P
     h, w = mask.shape
     f = 0.8 * max(h, w)  # a plausible focal length; generated images have no camera
     intrinsics = np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=np.float64)
-    frame = Frame(color_path, intrinsics, np.eye(4), w, h, label_path=label_path)
+    frame = Frame(color_path, intrinsics, np.eye(4), w, h, label_path=label_path, domain="probe")
     return frame, mask
 
 

@@ -91,6 +91,9 @@ class PipelineReport:
     artefacts: dict[str, Any]
     queries: list[dict[str, Any]]
     config: dict[str, Any]
+    # How well the generated-image capability ranks the teachers' true per-class IoU on the scenes
+    # (sas3d.capability.ranking); None when capability is the oracle itself or no scene has labels
+    capability_ranking: dict[str, Any] | None = None
 
     def split(self, name: str) -> SplitResult:
         return next(s for s in self.splits if s.name == name)
@@ -112,4 +115,5 @@ class PipelineReport:
             "artefacts": self.artefacts,
             "queries": self.queries,
             "config": self.config,
+            "capability_ranking": self.capability_ranking,
         }

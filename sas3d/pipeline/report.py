@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sas3d.capability.ranking import format_ranking
 from sas3d.pipeline.config import SPLITS, PipelineReport
 from sas3d.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -81,6 +82,8 @@ def format_tables(data: dict[str, Any], title: str) -> str:
             ref = stages["distill:supervised"]["miou"]
             lines.append(f"  supervised reference (same student and budget, ground-truth labels): {_pct(ref)} mIoU; "
                          f"SAS student / reference = {stages['distill:tesd']['miou'] / ref:.2f}x")
+    if data.get("capability_ranking"):
+        lines += ["", *format_ranking(data["capability_ranking"], bool(data.get("simulated")))]
     return "\n".join(lines)
 
 
@@ -165,6 +168,8 @@ def _html(data: dict[str, Any], title: str, bars: list[str]) -> str:
                       for q in data["queries"])
     banner = f"<p class='sim'>{esc(SIMULATED_BANNER)}</p>" if data.get("simulated") else ""
     shown = esc(str(data["config"].get("shown_scene", "")))
+    ranking = data.get("capability_ranking")
+    ranking = f"<pre>{esc(chr(10).join(format_ranking(ranking, bool(data.get('simulated')))))}</pre>" if ranking else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -175,7 +180,7 @@ img {{ max-width: 100%; margin: 2px; }} .row {{ display: flex; flex-wrap: wrap; 
 </style></head><body>
 <h1>{esc(title)}</h1>{banner}
 {''.join(tables)}
-<h2>Model capability (IoU on generated images)</h2>{imgs(art.get('capability_heatmap'), 'teachers x classes')}
+<h2>Model capability (IoU on generated images)</h2>{imgs(art.get('capability_heatmap'), 'teachers x classes')}{ranking}
 <h2>Per-class IoU</h2>{imgs(bars, 'guided 2D fusion and the distilled SAS student, per split')}
 <h2>Segmented scene ({shown})</h2>
 {imgs(art.get('render_rgb'), 'colour')}{imgs(art.get('render_ground_truth'), 'ground truth')}{imgs(art.get('render_prediction'), 'SAS student prediction (3D only, no images at inference)')}

@@ -24,6 +24,7 @@ from sas3d.config import to_dict
 from sas3d.pipeline.config import (DISTILL_ROWS, FUSION_ROWS, TEACHER_ROW, PipelineConfig, PipelineReport, SplitResult,
                                    StageResult)
 from sas3d.scene.types import Scene
+from sas3d.utils.atomic import write_json_atomic
 
 
 class _Timer:
@@ -63,7 +64,7 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
         encoder = build_text_encoder(cfg.text_encoder)
         class_text = encoder.encode(label_set.prompts())
 
-    teacher_names, simulated, fused_dirs = _fuse(cfg, scenes, encoder, class_text, label_set, out, timings, log)
+    teacher_names, simulated, fused_dirs, ranking = _fuse(cfg, scenes, encoder, class_text, label_set, out, timings, log)
     runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log)
 
     splits = []
@@ -93,18 +94,22 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
         with _Timer(timings, "queries + renders", log):
             queries = queries_and_renders(runs["tesd"], shown, cfg, encoder, class_text, label_set, out, artefacts)
     return PipelineReport(splits, timings, list(label_set.classes), simulated, artefacts, queries,
-                          {"pipeline": to_dict(cfg), "prompts": [prompt_for(c) for c in label_set.classes], "shown_scene": shown.name})
+                          {"pipeline": to_dict(cfg), "prompts": [prompt_for(c) for c in label_set.classes], "shown_scene": shown.name},
+                          ranking)
 
 
 def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_text: torch.Tensor, label_set: Any, out: Path,
-          timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path]]:
+          timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path], dict[str, Any] | None]:
     """Capability of every teacher, then per-teacher multi-view fusion and add / linear / guided fusion
-    of every scene. Returns (teacher names, simulated?, fused folder per teacher and per fusion)."""
+    of every scene. Returns (teacher names, simulated?, fused folder per teacher and per fusion, how well
+    the generated-image capability ranks the teachers' true per-class IoU on the scenes; None for oracle)."""
     from sas3d.capability import ProceduralGenerator, compute_capability
     from sas3d.capability.capability import plot_capability
+    from sas3d.capability.ranking import capability_ranking, format_ranking
     from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
     from sas3d.fusion.multiview import fuse_teacher
     from sas3d.teachers.registry import TeacherContext, build_teacher
+    from sas3d.text.labelsets import CATCH_ALL
 
     def context(scene: Scene | None) -> TeacherContext:
         cache = out / "cache" if scene is not None and cfg.cache_teachers else None
@@ -121,9 +126,14 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
                 pf = fuse_teacher(scene, build_teacher(spec, context(scene)), progress=cfg.progress)
                 pf.save(fused_dirs[name] / f"{scene.name}.safetensors")
                 per_scene[scene.name].append(pf)
+    ranking = None
     if cfg.capability == "oracle":
         with _Timer(timings, "capability (ORACLE: true per-class IoU on the scenes)", log):
-            cap_scores = _oracle_capability(per_scene, list(scenes.values()), class_text, teacher_names, label_set, out)
+            true_iou = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
+            cap_scores = torch.tensor(np.nan_to_num(true_iou), dtype=torch.float32)  # classes absent from the scenes: 0
+            write_json_atomic(out / "capability_oracle.json", {"oracle": True, "note": "true per-class IoU on the scenes' labels",
+                                                               "teachers": teacher_names, "classes": list(label_set.classes),
+                                                               "scores": cap_scores.tolist()})
     else:
         with _Timer(timings, "capability (generated images)", log):
             teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
@@ -133,6 +143,12 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
             plot_capability(cap, out / "capability.png")
             cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
             log(_capability_summary(cap, teacher_names))
+        if any(scene.labels is not None for scene in scenes.values()):
+            # Scored against the scenes' labels: a diagnostic only; the fusion below never sees it.
+            scored = np.array([c in cap.classes and c not in CATCH_ALL for c in label_set.classes])
+            true_iou = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
+            ranking = capability_ranking(np.where(scored, cap_scores.numpy(), np.nan), true_iou, teacher_names, label_set.classes)
+            log("\n".join(format_ranking(ranking, simulated)))
     with _Timer(timings, "add / linear / guided fusion", log):
         for scene in scenes.values():
             for method in FUSION_ROWS:
@@ -140,20 +156,17 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
                                       GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
                                       capability_source=str(out / "capability.json"))
                 fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
-    return teacher_names, simulated, fused_dirs
+    return teacher_names, simulated, fused_dirs, ranking
 
 
-def _oracle_capability(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, teacher_names: list[str],
-                       label_set: Any, out: Path) -> torch.Tensor:
-    """(T, K) true per-class IoU of every teacher's fused features over the scenes (unseen points count as
-    wrong), written to capability_oracle.json; classes absent from the scenes get 0."""
+def true_class_iou(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, n_teachers: int, k: int) -> np.ndarray:
+    """(T, K) true per-class IoU of every teacher's fused features over the labelled scenes (unseen points
+    count as wrong); NaN for classes absent from the scenes' labels."""
     from sas3d.evaluate.metrics import confusion_matrix, iou_acc
     from sas3d.evaluate.predict import classify
-    from sas3d.utils.atomic import write_json_atomic
 
-    k = len(label_set)
-    scores = torch.zeros(len(teacher_names), k)
-    for t in range(len(teacher_names)):
+    scores = np.full((n_teachers, k), np.nan)
+    for t in range(n_teachers):
         conf = np.zeros((k, k + 1), dtype=np.int64)
         for scene in scenes:
             if scene.labels is None:
@@ -161,10 +174,7 @@ def _oracle_capability(per_scene: dict[str, list[Any]], scenes: list[Scene], cla
             pf = per_scene[scene.name][t]
             conf += confusion_matrix(classify(pf.features, class_text, seen=pf.seen).numpy(), scene.labels, k)
         res = iou_acc(conf)
-        scores[t] = torch.tensor(np.nan_to_num(np.asarray(res["iou"], dtype=np.float64)), dtype=torch.float32)
-    write_json_atomic(out / "capability_oracle.json", {"oracle": True, "note": "true per-class IoU on the scenes' labels",
-                                                       "teachers": teacher_names, "classes": list(label_set.classes),
-                                                       "scores": scores.tolist()})
+        scores[t] = np.where(res["present"], res["iou"], np.nan)
     return scores
 
 

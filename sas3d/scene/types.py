@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 IGNORE_LABEL = 255  # ScanNet/OpenScene convention for "no ground truth"
+FRAME_DOMAINS = ("scene", "probe")  # Frame.domain values
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Frame:
     depth_path: Path | None = None
     depth_scale: float = 1000.0  # raw depth units per metre (ScanNet/7-Scenes mm; Matterport 4000)
     label_path: Path | None = None  # optional ground-truth label render (uint16 label-set ids), for simulated teachers
+    # What the image is: "scene" (a view of a scanned scene) or "probe" (a generated image that capability
+    # scores teachers on, SAS 3.2). Real teachers ignore it; simulated ones model their domain gap with it.
+    domain: str = "scene"
 
     @property
     def stem(self) -> str:

@@ -81,6 +81,8 @@ class CachedTeacher(Teacher):
             return None  # unreadable (e.g. written by a crashed older version): recompute
         if meta.get("teacher") != self.metadata or "features" not in tensors:
             return None
+        if meta.get("domain", "scene") != frame.domain:  # a probe image is not the scene frame of the same stem
+            return None
         return tensors["features"].float().numpy()
 
     def predict(self, frame: Frame) -> np.ndarray:
@@ -103,7 +105,7 @@ class CachedTeacher(Teacher):
         save_safetensors_atomic(
             path,
             {"features": torch.from_numpy(out).half()},
-            {"teacher": self.metadata, "frame": frame.stem, "color_path": str(frame.color_path)},
+            {"teacher": self.metadata, "frame": frame.stem, "color_path": str(frame.color_path), "domain": frame.domain},
         )
         # Return what the cache will return next time, so a first and a second run agree exactly.
         return out.astype(np.float16).astype(np.float32)

@@ -28,6 +28,17 @@ How a label image becomes a prediction (:meth:`SimulatedTeacher.predict_label_ma
    pixel up to that far away (jagged edges).
 
 So per class: P(correct) ~= 1 - sum(confusions[c]) - view_noise[c] - dropout[c] (per segment).
+
+Domain gap on capability probes: a real teacher behaves differently on generated images (SAS 3.2's
+capability probes) than on scan frames, so the capability measured on probes only approximates its
+accuracy on the scenes. Frames with ``domain == "probe"`` (set by capability's ``_frame_for``) get, per
+class c, a systematic-confusion mass ``clip(sum(confusions[c]) + u_c, 0, 1)`` with
+``u_c = probe_gap * (2 U - 1)``, U uniform hashed from (profile name, ``probe_gap_seed``, class name)
+alone -- never from labels or measured IoUs. A shrinking mass scales the class's confusion targets down;
+a growing one scales them up, or, for a class without targets, goes to one other class of the label set
+(not the catch-all) hashed from the same key. Each segment keeps its hashed uniform, so a class whose
+shift is 0 predicts exactly as in a scene, and scene frames (``domain == "scene"``) are untouched.
+
 Dense output: the shared text encoder's embedding of ``prompt_for(predicted class)`` per pixel plus
 N(0, ``feature_noise``) per channel, renormalised. Mask output: connected regions of the predicted
 label map are masks labelled with the class name, captioned by :class:`OfflineCaptioner` from the
@@ -47,7 +58,7 @@ from scipy import ndimage
 
 from sas3d.config import RECIPE_DIR, from_dict, load_yaml, to_dict
 from sas3d.errors import ConfigError, InputError
-from sas3d.scene.types import IGNORE_LABEL, Frame
+from sas3d.scene.types import FRAME_DOMAINS, IGNORE_LABEL, Frame
 from sas3d.teachers.alignment import encode_prompts, masks_to_dense
 from sas3d.teachers.base import Teacher
 from sas3d.teachers.cache import maybe_cached
@@ -56,6 +67,10 @@ from sas3d.text.base import TextEncoder
 from sas3d.text.labelsets import LabelSet, available, get_label_set
 
 PROFILES_FILE = RECIPE_DIR / "teachers_simulated.yaml"
+# Largest per-class shift of the systematic-confusion probability between probe images and scenes. A
+# modelling choice (a moderate gap: a fifth of the probability range either way), fixed before any run
+# and not fitted to any measured figure; 0 turns the gap off (probes then behave exactly like scenes).
+DEFAULT_PROBE_GAP = 0.2
 
 
 @dataclass
@@ -76,10 +91,14 @@ class SimulatedProfile:
     colour_bin: int = 32  # RGB quantisation step of the appearance key of systematic errors
     min_mask_px: int = 20  # mask teachers drop predicted regions smaller than this (like SAM's min area)
     seed: int = 0
+    probe_gap: float = DEFAULT_PROBE_GAP  # max |per-class shift| of confusion mass on probe images (module doc)
+    probe_gap_seed: int = 0  # seeds the per-class shifts and the targets of new confusions on probes
 
     def __post_init__(self) -> None:
         if self.kind not in ("dense", "mask"):
             raise ConfigError(f"simulated profile {self.name!r}: kind must be 'dense' or 'mask', got {self.kind!r}")
+        if not 0.0 <= self.probe_gap <= 1.0:
+            raise ConfigError(f"simulated profile {self.name!r}: probe_gap is a probability shift in [0, 1], got {self.probe_gap}")
         known = _known_class_names()
         names = set(self.confusions) | set(self.view_noise) | set(self.dropout) | set(self.bleed_px)
         names |= {p for row in self.confusions.values() for p in row}
@@ -146,6 +165,33 @@ class SimulatedTeacher(Teacher):
         self._dropout = np.array([profile.dropout.get(c, profile.default_dropout) for c in classes])
         self._bleed = [(idx[c], int(px)) for c, px in profile.bleed_px.items() if c in idx and px > 0]
         self._k = k
+        # Probe-domain tables (module doc): the scene tables where a class's shift is 0.
+        self.probe_shift = np.array([self._probe_shift(c) for c in classes])
+        self._probe_targets, self._probe_cum = [], []
+        for i, c in enumerate(classes):
+            targets, cum = self._confusion_targets[i], self._confusion_cum[i]
+            if self.probe_shift[i] != 0:
+                targets, cum = self._shifted_confusions(c, targets, cum, float(self.probe_shift[i]))
+            self._probe_targets.append(targets)
+            self._probe_cum.append(cum)
+
+    def _probe_shift(self, cls: str) -> float:
+        """u_c in [-probe_gap, +probe_gap], from the profile name, probe_gap_seed and the class name only."""
+        p = self.profile
+        return p.probe_gap * (2.0 * _crc("probe_gap", p.name, p.probe_gap_seed, cls) / 2**32 - 1.0)
+
+    def _shifted_confusions(self, cls: str, targets: np.ndarray, cum: np.ndarray, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, cumulative probabilities) of ``cls`` on probes: its confusion mass moved by ``shift``."""
+        mass = float(cum[-1]) if len(cum) else 0.0
+        new_mass = float(np.clip(mass + shift, 0.0, 1.0))
+        if mass > 0:
+            return targets, cum * (new_mass / mass)
+        p = self.profile
+        others = [j for j, c in enumerate(self.label_set.classes) if c != cls and j != self.label_set.catch_all_index]
+        if not others:
+            return targets, cum
+        target = others[_crc("probe_gap_target", p.name, p.probe_gap_seed, cls) % len(others)]
+        return np.array([target], dtype=np.int64), np.array([new_mass])
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -169,8 +215,12 @@ class SimulatedTeacher(Teacher):
         return f"simulated:{self.profile.name} ({self.label_set.name}, seed {self.seed}, profile sha256:{digest})"
 
     # ---- label-level simulation -------------------------------------------------------------
-    def predict_label_map(self, image: np.ndarray, gt_labels: np.ndarray, key: str, scope: str = "") -> np.ndarray:
-        """(H, W) int64 predicted label-set indices; -1 = no prediction (mask teachers only)."""
+    def predict_label_map(self, image: np.ndarray, gt_labels: np.ndarray, key: str, scope: str = "", domain: str = "scene") -> np.ndarray:
+        """(H, W) int64 predicted label-set indices; -1 = no prediction (mask teachers only).
+        ``domain``: "scene" or "probe" (a capability image: confusions shifted, module doc)."""
+        if domain not in FRAME_DOMAINS:
+            raise InputError(None, f"frame domain must be one of {FRAME_DOMAINS}, got {domain!r}")
+        targets, cums = (self._probe_targets, self._probe_cum) if domain == "probe" else (self._confusion_targets, self._confusion_cum)
         gt = np.asarray(gt_labels).astype(np.int64)
         if gt.ndim != 2:
             raise InputError(None, f"label image must be 2-D, got shape {gt.shape}")
@@ -195,12 +245,12 @@ class SimulatedTeacher(Teacher):
             colour = np.stack([ndimage.mean(image[..., ch].astype(np.float64), labels, index) for ch in range(3)], 1)
             bins = (colour // p.colour_bin).astype(np.int64)
             for s, c in enumerate(seg_class):
-                cum = self._confusion_cum[c]
+                cum = cums[c]
                 if len(cum):
                     u = _crc(p.name, p.seed, self.seed, scope, c, *bins[s]) / 2**32
                     hit = int(np.searchsorted(cum, u, side="right"))
                     if hit < len(cum):
-                        seg_pred[s] = self._confusion_targets[c][hit]
+                        seg_pred[s] = targets[c][hit]
             # Draw all per-view randomness for every segment so results do not depend on the profile's zeros.
             u_noise, u_drop = rng.random(n_seg), rng.random(n_seg)
             other = rng.integers(0, self._k - 1, n_seg)
@@ -237,9 +287,9 @@ class SimulatedTeacher(Teacher):
         return pred
 
     # ---- feature maps ------------------------------------------------------------------------
-    def predict_labels(self, image: np.ndarray, gt_labels: np.ndarray, key: str, scope: str = "") -> np.ndarray:
-        """(H, W, C) float32 simulated features for an (image, GT label image) pair (e.g. a generated image)."""
-        pred = self.predict_label_map(image, gt_labels, key, scope)
+    def predict_labels(self, image: np.ndarray, gt_labels: np.ndarray, key: str, scope: str = "", domain: str = "scene") -> np.ndarray:
+        """(H, W, C) float32 simulated features for an (image, GT label image) pair in ``domain``."""
+        pred = self.predict_label_map(image, gt_labels, key, scope, domain)
         if self.profile.kind == "dense":
             text = encode_prompts(self.text_encoder, self.label_set.prompts()).numpy()
             out = text[pred.clip(min=0)]
@@ -267,7 +317,7 @@ class SimulatedTeacher(Teacher):
         image = _read_png(frame.color_path, rgb=True)
         try:
             # Scene folder (<scene>/color/N.jpg) scopes the systematic errors: different per scene, same per object.
-            return self.predict_labels(image, labels, frame.stem, scope=frame.color_path.parent.parent.name)
+            return self.predict_labels(image, labels, frame.stem, scope=frame.color_path.parent.parent.name, domain=frame.domain)
         except InputError as exc:
             raise InputError(frame.label_path, exc.problem) from None
 
