@@ -162,6 +162,27 @@ def test_resume_after_kill_matches_uninterrupted_and_brute_force(tmp_path):
         assert resumed.scores[0, k] == pytest.approx(inter / union)
 
 
+class RenamedTeacher(HalfTeacher):
+    """HalfTeacher(cols) under another teacher's name, with an identity of its own."""
+
+    def __init__(self, cols: int, name: str):
+        super().__init__(cols)
+        self.name = name
+
+    @property
+    def identity(self) -> str:
+        return f"half:{self.cols}"
+
+
+def test_resume_rescores_a_teacher_whose_identity_changed(tmp_path):
+    """Progress is kept per teacher name; a teacher of the same name but another identity (another model,
+    another simulated profile) is scored again, not served the old counts (before: the old scores came back)."""
+    compute_capability([RenamedTeacher(4, "t")], SquareGenerator(), VOCAB, 2, TEXT, tmp_path, progress=False)
+    again = compute_capability([RenamedTeacher(2, "t")], SquareGenerator(), VOCAB, 2, TEXT, tmp_path, progress=False)
+    np.testing.assert_allclose(again.scores[0, :2], [24 / 32, 24 / 32])  # HalfTeacher(2)'s hand count, not 24/64
+    assert json.loads((tmp_path / "progress.json").read_text())["identities"] == {"t": "half:2"}
+
+
 def test_resume_refuses_other_setup(tmp_path):
     compute_capability([HalfTeacher(4)], SquareGenerator(), VOCAB, 1, TEXT, tmp_path, progress=False)
     other = LabelSet("tiny2", ("table", "chair", "otherfurniture"))

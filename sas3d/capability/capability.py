@@ -247,7 +247,8 @@ def compute_capability(
         "seed_offset": cfg.seed_offset,
     }
     progress_path = workdir / "progress.json"
-    done = _load_progress(progress_path, setup)
+    identities = {nm: getattr(t, "identity", nm) for t, nm in zip(teachers, names)}
+    done, identities = _load_progress(progress_path, setup, identities)
     jobs = probe_jobs(vocab, images_per_class)
 
     def generated(cls: str, seed: int, index: int) -> tuple[Frame, np.ndarray]:
@@ -268,7 +269,7 @@ def compute_capability(
             fmap = teachers[j].predict(frame)
             pred = teacher_class_map(fmap, class_text, frame.height, frame.width)
             entry[names[j]] = list(mask_counts(pred == k, gt))
-        write_json_atomic(progress_path, {"setup": setup, "done": done})
+        write_json_atomic(progress_path, {"setup": setup, "identities": identities, "done": done})
     bar.close()
 
     n_t, n_k = len(names), len(vocab)
@@ -295,9 +296,12 @@ def probe_jobs(vocabulary: LabelSet, images_per_class: int) -> list[tuple[int, s
     return [(k, c, i) for k, c in enumerate(vocabulary.classes) if c not in CATCH_ALL for i in range(images_per_class)]
 
 
-def _load_progress(path: Path, setup: dict) -> dict[str, dict[str, list[int]]]:
+def _load_progress(path: Path, setup: dict, identities: dict[str, str]) -> tuple[dict[str, dict[str, list[int]]], dict[str, str]]:
+    """(per-image counts, teacher identities to record). Counts of a teacher whose identity changed since
+    they were recorded (another model, another simulated profile under the same name) are dropped, so
+    they are scored again instead of being reused."""
     if not path.is_file():
-        return {}
+        return {}, dict(identities)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -307,7 +311,10 @@ def _load_progress(path: Path, setup: dict) -> dict[str, dict[str, list[int]]]:
             f"{path}: progress was recorded with a different setup ({data.get('setup')}); "
             "use another --workdir or delete the file"
         )
-    return data.get("done", {})
+    recorded = dict(data.get("identities", {}))
+    changed = {nm for nm, ident in identities.items() if nm in recorded and recorded[nm] != ident}
+    done = {key: {nm: v for nm, v in entry.items() if nm not in changed} for key, entry in data.get("done", {}).items()}
+    return done, recorded | identities
 
 
 def _frame_for(generator: Generator, cls: str, seed: int, index: int, workdir: Path, gt_set: LabelSet,
