@@ -15,8 +15,9 @@ config that produced it.
 
 Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <frame-stem>.npy
 (h, w, C) map per frame in the text space, or <stem>.png (uint16 segment ids) + <stem>.json
-(id -> label). With several --teacher options each is fused separately and then combined with
---fusion (guided needs --capability cap.json from `sas3d capability`).
+(id -> label). With several --teacher options all are fused in one pass over the frames (each
+frame's depth read and its points projected once), each teacher's mean kept apart, then combined
+with --fusion (guided needs --capability cap.json from `sas3d capability`).
 
 Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
 """
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import sas3d
     from sas3d.config import apply_overrides, from_dict, to_dict
     from sas3d.errors import ConfigError
-    from sas3d.fusion.multiview import FusionConfig, fuse_teacher
+    from sas3d.fusion.multiview import FusionConfig, fuse_teachers_multiview
     from sas3d.geometry.projection import ProjectionConfig, projection_config_for
     from sas3d.teachers.registry import TeacherContext, build_teacher
 
@@ -86,11 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if len(teachers) > 1 and fusion == "guided" and capability is None:
         raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
 
-    fused = []
-    for spec, teacher in zip(args.teacher, teachers):
-        features = fuse_teacher(scene, teacher, cfg, args.device, progress=not args.no_progress)
+    # One pass over the frames for all teachers: each frame's depth is decoded and its points projected once.
+    fused = fuse_teachers_multiview(scene, teachers, cfg, args.device, progress=not args.no_progress)
+    for spec, features in zip(args.teacher, fused):
         features.metadata["teacher_spec"] = spec
-        fused.append(features)
 
     if len(fused) == 1:
         result = fused[0]
