@@ -406,8 +406,8 @@ def test_non_finite_or_fp16_overflow_is_an_input_error():
             fuse_maps(scene, zip(scene.frames, [fmap, map_b()]), NO_MARGIN, progress=False)
 
 
-def test_error_in_background_kernel_reaches_the_caller():
-    """A bad frame found by the CPU kernel (run in fuse_maps' background thread) raises in the caller."""
+def test_bad_frame_is_an_input_error():
+    """A bad frame (found when it is projected, in the caller's thread) raises an InputError naming the problem."""
     scene = tiny_scene()
     bad = Frame(Path("bad.jpg"), np.eye(2), np.eye(4), W, H)
     with pytest.raises(InputError, match="intrinsics must be 3x3"):

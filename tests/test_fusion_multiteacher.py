@@ -118,3 +118,47 @@ def test_depth_is_read_once_per_frame(tmp_path, monkeypatch):
     assert len(reads) == 4
     for teacher in teachers:
         assert teacher.calls == [str(f.color_path) for f in scene.frames]
+
+
+def test_overlap_runs_each_task_once_drops_it_and_reraises():
+    """The background thread and the caller share a batch: every task runs exactly once, none is
+    referenced after finish(), and an exception in either thread reaches the caller."""
+    import weakref
+
+    from sas3d.fusion.overlap import Overlap
+
+    class Payload:  # stands for a teacher map held by a task
+        pass
+
+    overlap = Overlap()
+    try:
+        runs, payloads = [], []
+
+        def task(k, payload):
+            runs.append(k)
+            sum(range(20000))  # some work, so both threads take tasks
+
+        tasks = []
+        for k in range(200):
+            payload = Payload()
+            payloads.append(weakref.ref(payload))
+            tasks.append(lambda k=k, payload=payload: task(k, payload))
+        del payload
+        overlap.submit(tasks)
+        del tasks
+        overlap.finish()
+        assert sorted(runs) == list(range(200))
+        assert all(ref() is None for ref in payloads)
+
+        def fail():
+            raise KeyError("bad map")
+
+        overlap.submit([fail] + [lambda: None] * 10)
+        with pytest.raises(KeyError, match="bad map"):
+            overlap.finish()
+        runs.clear()
+        overlap.submit([lambda: runs.append(1)] * 5)  # still usable after an error
+        overlap.finish()
+        assert runs == [1] * 5
+    finally:
+        overlap.close()
