@@ -4,9 +4,10 @@ Streaming: frames are consumed one at a time from an iterable, and the only stat
 frames is, per teacher, a running sum (N, C) float32 and a view count (N,), so memory does not grow
 with the number of frames. Several teachers are fused in one pass (:func:`fuse_frames`): a frame's
 depth is decoded and its points projected once, then every teacher's map is added from that same
-visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), frame i is fused in a background
-thread while frame i+1's maps are requested and its depth decoded: at most two frames' maps are
-alive at a time.
+visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), frame i's row adds run in a
+background thread while frame i+1's maps are requested, its depth decoded and its points projected;
+the caller's thread then helps finish frame i (:class:`sas3d.fusion.overlap.Overlap`). At most two
+frames' maps are alive at a time.
 
 Validity. A pixel whose teacher feature is exactly zero in every channel carries no prediction (a
 mask teacher paints zeros where it has no mask, or where its segment id has no label): it is not a
