@@ -65,6 +65,32 @@ def project_kernel():
     return _KERNELS["project"]
 
 
+def _prefetch_intrinsic():
+    """``prefetch(array, flat_index)``: a read prefetch hint (``llvm.prefetch``) for one element's cache line."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, array, index):
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            data = context.make_array(array_type)(context, builder, args[0])
+            pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1]], wraparound=False)
+            byte_pointer = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8")
+            # read, highest locality, data cache
+            builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(array, index), codegen
+
+    return prefetch
+
+
 def add_kernel():
     """``add(point_idx, pixel_idx, m, width, height, table, map_width, map_height, total, count)``:
     for each of the ``m`` visible (point, pixel) pairs, the nearest row of the (h * w, C) ``table``
@@ -76,15 +102,29 @@ def add_kernel():
     the visible points are bunched in one index range. Each point appears once per frame, so each
     sum row is written by one chunk only, channel-contiguous (the inner loop is vectorised).
     Validity is tested on the rows actually read (the first nonzero channel ends the scan), never
-    over the whole map.
+    over the whole map. The adds are memory-bound (per visible point a cold 2 KiB map row read and a
+    2 KiB sum row read and written); a profile showed the stall on each row's first line, so the
+    first 4 lines of both rows two pairs ahead are prefetched (on the shared 2-core machine: 33.1 vs
+    35.6 ms of CPU per frame for a whole 60-frame fusion, mean of 3 alternating runs each).
     """
     if "add" not in _KERNELS:
         import numba
 
+        prefetch = _prefetch_intrinsic()
+
         @numba.njit(cache=True, nogil=True)
         def add(point_idx, pixel_idx, m, width, height, table, map_width, map_height, total, count):  # pragma: no cover
             channels = table.shape[1]
+            flat_table, flat_total = table.reshape(-1), total.reshape(-1)
             for j in range(m):
+                if j + 2 < m:  # the first lines of the rows two pairs ahead: cold rows start streaming earlier
+                    ahead = pixel_idx[j + 2]
+                    va = ahead // width
+                    ua = ahead - va * width
+                    row_ahead = ((2 * va + 1) * map_height) // (2 * height) * map_width + ((2 * ua + 1) * map_width) // (2 * width)
+                    for c in range(0, min(channels, 64), 16):
+                        prefetch(flat_table, row_ahead * channels + c)
+                        prefetch(flat_total, point_idx[j + 2] * channels + c)
                 pixel = pixel_idx[j]
                 v = pixel // width
                 u = pixel - v * width
