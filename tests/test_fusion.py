@@ -412,7 +412,7 @@ def random_view(rng: np.random.Generator, n: int = 600):
 def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
     """The numba CPU kernel (projection + lookup + add in one pass) gives exactly the counts and
     float32 sums of project_points + map_rows + index_add (the torch path), maps of several sizes."""
-    from sas3d.fusion.multiview import _Accumulator
+    from sas3d.fusion.multiview import _Accumulator, _Projector
 
     rng = np.random.default_rng(7 + margin)
     views = [random_view(rng) for _ in range(3)]
@@ -427,13 +427,16 @@ def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
     assert tie_pixels.tolist() == [4 * 64 + 4, 8 * 64 + 6, 10 * 64 + 20, 46 * 64 + 62]
     points = np.concatenate([v[1] for v in views] + [ties])
     cfg = ProjectionConfig(border_margin=margin, depth_threshold=0.25, use_depth=use_depth)
-    accs = [_Accumulator(points, torch.device("cpu"), FusionConfig(cfg, chunk_size=64, cpu_kernel=k)) for k in ("numba", "torch")]
+    projectors = [_Projector(points, torch.device("cpu"), FusionConfig(cfg, cpu_kernel=k)) for k in ("numba", "torch")]
+    accs = [_Accumulator(projector, chunk_size=64) for projector in projectors]
     frames = [(f, d) for f, _, d in views] + [(tie_frame, tie_depth)]
     for i, (frame, depth) in enumerate(frames):
+        visible = [projector.visible(frame, depth if use_depth else None) for projector in projectors]
+        assert np.array_equal(visible[0][0], visible[1][0].numpy()) and np.array_equal(visible[0][1], visible[1][1].numpy())
         for h, w in [(48, 64), (5, 7), (17, 33), (96, 128)]:
             fmap = torch.from_numpy(rng.normal(size=(h, w, 6)).astype(np.float32))
-            for acc in accs:
-                acc.add_frame(frame, depth if use_depth else None, fmap)
+            for acc, vis in zip(accs, visible):
+                acc.add(frame, vis, fmap)
     numba_acc, torch_acc = accs
     assert torch.equal(numba_acc.count, torch_acc.count)
     assert torch.equal(numba_acc.sum, torch_acc.sum)  # same float32 additions in the same order
@@ -451,8 +454,8 @@ def test_non_finite_or_fp16_overflow_is_an_input_error():
             fuse_maps(scene, zip(scene.frames, [fmap, map_b()]), NO_MARGIN, progress=False)
 
 
-def test_error_in_background_kernel_reaches_the_caller():
-    """A bad frame found by the CPU kernel (run in fuse_maps' background thread) raises in the caller."""
+def test_bad_frame_is_an_input_error():
+    """A bad frame (found when it is projected, in the caller's thread) raises an InputError naming the problem."""
     scene = tiny_scene()
     bad = Frame(Path("bad.jpg"), np.eye(2), np.eye(4), W, H)
     with pytest.raises(InputError, match="intrinsics must be 3x3"):

@@ -50,6 +50,7 @@ def no_compute(monkeypatch):
 
     monkeypatch.setattr(sas3d.query.similarity, "load_point_features", reached)
     monkeypatch.setattr(sas3d.fusion.multiview, "fuse_teacher", reached)
+    monkeypatch.setattr(sas3d.fusion.multiview, "fuse_teachers_multiview", reached)
     monkeypatch.setattr(sas3d.evaluate.evaluator, "evaluate_scenes", reached)
     monkeypatch.setattr(sas3d.distill.trainer, "train", reached)
     monkeypatch.setattr("sas3d.capability.capability.compute_capability", reached)

@@ -15,8 +15,9 @@ config that produced it.
 
 Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <frame-stem>.npy
 (h, w, C) map per frame in the text space, or <stem>.png (uint16 segment ids) + <stem>.json
-(id -> label). With several --teacher options each is fused separately and then combined with
---fusion (guided needs --capability cap.json from `sas3d capability`).
+(id -> label). With several --teacher options all are fused in one pass over the frames (each
+frame's depth read and its points projected once), each teacher's mean kept apart, then combined
+with --fusion (guided needs --capability cap.json from `sas3d capability`).
 
 Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
 """
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import sas3d
     from sas3d.config import apply_overrides, from_dict, to_dict
     from sas3d.errors import ConfigError
-    from sas3d.fusion.multiview import FusionConfig, fuse_teacher
+    from sas3d.fusion.multiview import FusionConfig, fuse_teachers_multiview
     from sas3d.geometry.projection import ProjectionConfig, projection_config_for
     from sas3d.teachers.registry import TeacherContext, build_teacher
 
@@ -90,12 +91,16 @@ def run(args: argparse.Namespace) -> int:
     capability = _load_capability(args.capability) if args.capability else None
     if len(teachers) > 1 and fusion == "guided" and capability is None:
         raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
+    if capability is not None and fusion == "guided" and len(teachers) > 1:  # refuse a file that does not fit before any frame is read
+        from sas3d.text.labelsets import get_label_set
 
-    fused = []
-    for spec, teacher in zip(args.teacher, teachers):
-        features = fuse_teacher(scene, teacher, cfg, args.device, progress=not args.no_progress)
+        capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
+                        get_label_set(args.labelset or "scannet20").classes, encoder.identity, args.capability, specs=args.teacher)
+
+    # One pass over the frames for all teachers: each frame's depth is decoded and its points projected once.
+    fused = fuse_teachers_multiview(scene, teachers, cfg, args.device, progress=not args.no_progress)
+    for spec, features in zip(args.teacher, fused):
         features.metadata["teacher_spec"] = spec
-        fused.append(features)
 
     if len(fused) == 1:
         result = fused[0]

@@ -10,7 +10,7 @@ that only passes where ``depth(u,v) > 0`` (invalid depth = not seen). Frames wit
 Camera coordinates are computed element-wise in a fixed order, ``((r0 x + r1 y) + r2 z) + t``,
 each step rounded in float64 (no matrix product, whose summation order and FMA use depend on the
 BLAS): any other implementation that evaluates the same expressions in the same order -- the CPU
-kernel of :mod:`sas3d.fusion.multiview` -- gets bit-identical pixels and depth-test outcomes.
+kernel of :mod:`sas3d.fusion.kernels` -- gets bit-identical pixels and depth-test outcomes.
 """
 
 from __future__ import annotations

@@ -100,14 +100,15 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
 
 def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_text: torch.Tensor, label_set: Any, out: Path,
           timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path], dict[str, Any] | None]:
-    """Capability of every teacher, then per-teacher multi-view fusion and add / linear / guided fusion
-    of every scene. Returns (teacher names, simulated?, fused folder per teacher and per fusion, how well
-    the generated-image capability ranks the teachers' true per-class IoU on the scenes; None for oracle)."""
+    """Capability of every teacher, then multi-view fusion of all teachers (one pass over each scene's
+    frames, one mean per teacher) and add / linear / guided fusion of every scene. Returns (teacher names,
+    simulated?, fused folder per teacher and per fusion, how well the generated-image capability ranks the
+    teachers' true per-class IoU on the scenes; None for oracle)."""
     from sas3d.capability import ProceduralGenerator, compute_capability
     from sas3d.capability.capability import plot_capability
     from sas3d.capability.ranking import capability_ranking, format_ranking
     from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
-    from sas3d.fusion.multiview import fuse_teacher
+    from sas3d.fusion.multiview import fuse_teachers_multiview
     from sas3d.teachers.registry import TeacherContext, build_teacher
     from sas3d.text.labelsets import CATCH_ALL
 
@@ -121,11 +122,10 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
     with _Timer(timings, "teachers + multi-view fusion", log):
         per_scene = {}
         for scene in scenes.values():
-            per_scene[scene.name] = []
-            for spec, name in zip(cfg.teachers, teacher_names):
-                pf = fuse_teacher(scene, build_teacher(spec, context(scene)), progress=cfg.progress)
+            teachers = [build_teacher(spec, context(scene)) for spec in cfg.teachers]
+            per_scene[scene.name] = fuse_teachers_multiview(scene, teachers, progress=cfg.progress)
+            for name, pf in zip(teacher_names, per_scene[scene.name]):
                 pf.save(fused_dirs[name] / f"{scene.name}.safetensors")
-                per_scene[scene.name].append(pf)
     ranking = None
     if cfg.capability == "oracle":
         with _Timer(timings, "capability (ORACLE: true per-class IoU on the scenes)", log):

@@ -1,0 +1,164 @@
+"""Several teachers fused in one pass over the frames (fuse_teachers_multiview / fuse_frames)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sas3d.scene.images
+from sas3d.fusion.multiview import FusionConfig, fuse_teacher, fuse_teachers_multiview, map_rows
+from sas3d.geometry.projection import ProjectionConfig, project_points
+from sas3d.scene.types import Frame, Scene
+from sas3d.teachers.base import Teacher
+from tests.test_projection import H, K, W, look_pose, scene_for
+
+PROJECTION = ProjectionConfig(border_margin=2, depth_threshold=0.25)
+# (h, w, C) of each teacher's maps: the frame's size, coarser, finer; different channel counts
+MAP_SHAPES = [(48, 64, 3), (5, 7, 4), (96, 128, 2)]
+
+
+class ArrayTeacher(Teacher):
+    """Returns a fixed map per frame (keyed by the frame's colour path) and records its calls."""
+
+    def __init__(self, name: str, maps: dict[str, np.ndarray]):
+        self.name, self.maps, self.calls = name, maps, []
+
+    def predict(self, frame: Frame) -> np.ndarray:
+        self.calls.append(str(frame.color_path))
+        return self.maps[str(frame.color_path)]
+
+
+def random_scene(tmp_path: Path, seed: int = 3):
+    """Points on a random depth surface, 5 frames near its pose (4 with a uint16 depth PNG, one
+    without depth), and 3 teachers with maps of different sizes, about 30% of cells all-zero
+    (no prediction) and the rest random."""
+    rng = np.random.default_rng(seed)
+    pose0 = look_pose(rng)
+    points, depth0 = scene_for(pose0, rng, n=800)
+    frames = []
+    for i in range(5):
+        pose = pose0.copy()
+        pose[:3, 3] += rng.normal(scale=0.01, size=3)
+        depth_path = None
+        if i < 4:
+            depth = depth0.copy()
+            depth[rng.random(depth.shape) < 0.1] = 0  # extra holes: not seen there
+            depth_path = tmp_path / f"{i}.png"
+            Image.fromarray(np.round(depth * 1000).astype(np.uint16)).save(depth_path)
+        frames.append(Frame(tmp_path / f"{i}.jpg", K, pose, W, H, depth_path=depth_path, depth_scale=1000.0))
+    teachers = []
+    for t, (h, w, c) in enumerate(MAP_SHAPES):
+        maps = {}
+        for frame in frames:
+            fmap = rng.normal(size=(h, w, c)).astype(np.float32)
+            fmap[rng.random((h, w)) < 0.3] = 0
+            maps[str(frame.color_path)] = fmap
+        teachers.append(ArrayTeacher(f"t{t}", maps))
+    return Scene("random", points, "scannet", frames=frames), teachers
+
+
+def brute_force_mean(scene: Scene, teacher: ArrayTeacher) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: project_points, map_rows, drop all-zero rows, ``total[idx] += rows`` in float32
+    (NumPy, same additions in frame order), then the float32 mean as float16."""
+    total = count = None
+    for frame in scene.frames:
+        depth = None if frame.depth_path is None else torch.from_numpy(sas3d.scene.images.read_depth(frame))
+        point_idx, pixel_idx = project_points(torch.from_numpy(scene.points), frame, depth, PROJECTION)
+        fmap = teacher.maps[str(frame.color_path)]
+        h, w, c = fmap.shape
+        table = fmap.reshape(h * w, c)
+        rows = map_rows(pixel_idx, W, H, w, h).numpy()
+        keep = (table[rows] != 0).any(axis=1)
+        idx, rows = point_idx.numpy()[keep], rows[keep]
+        if total is None:
+            total, count = np.zeros((scene.num_points, c), np.float32), np.zeros(scene.num_points, np.int64)
+        total[idx] += table[rows]
+        count[idx] += 1
+    mean = total / np.maximum(count, 1).astype(np.float32)[:, None]
+    return mean.astype(np.float16), count > 0
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_one_pass_equals_each_teacher_alone(tmp_path, kernel):
+    """Teachers of different map sizes and channel counts, with no-prediction (all-zero) pixels: the
+    one-pass result of each equals its own fuse_teacher run and a brute-force NumPy recount, bit for bit."""
+    scene, teachers = random_scene(tmp_path)
+    cfg = FusionConfig(PROJECTION, chunk_size=64, cpu_kernel=kernel)
+    together = fuse_teachers_multiview(scene, teachers, cfg, progress=False)
+    assert len(together) == len(teachers)
+    seen_counts = []
+    for teacher, fused in zip(teachers, together):
+        alone = fuse_teacher(scene, teacher, cfg, progress=False)
+        assert torch.equal(fused.features, alone.features) and torch.equal(fused.seen, alone.seen)
+        assert fused.metadata == alone.metadata and fused.metadata["teachers"] == [teacher.name]
+        features, seen = brute_force_mean(scene, teacher)
+        np.testing.assert_array_equal(fused.features.numpy().view(np.uint16), features.view(np.uint16))
+        np.testing.assert_array_equal(fused.seen.numpy(), seen)
+        seen_counts.append(int(seen.sum()))
+    # The zero pixels matter: the teachers' seen masks differ although they share the visibility.
+    assert len(set(seen_counts)) == len(teachers) and min(seen_counts) > 100 and max(seen_counts) < scene.num_points
+
+
+def test_depth_is_read_once_per_frame(tmp_path, monkeypatch):
+    """Three teachers, one pass: each frame's depth PNG is decoded once (not once per teacher), and each
+    teacher predicts each frame once, frame by frame."""
+    scene, teachers = random_scene(tmp_path)
+    reads = []
+    read_depth = sas3d.scene.images.read_depth
+
+    def counting_read_depth(frame):
+        reads.append(str(frame.depth_path))
+        return read_depth(frame)
+
+    monkeypatch.setattr(sas3d.scene.images, "read_depth", counting_read_depth)
+    fuse_teachers_multiview(scene, teachers, FusionConfig(PROJECTION), progress=False)
+    assert reads == [str(f.depth_path) for f in scene.frames if f.depth_path is not None]
+    assert len(reads) == 4
+    for teacher in teachers:
+        assert teacher.calls == [str(f.color_path) for f in scene.frames]
+
+
+def test_overlap_runs_each_task_once_drops_it_and_reraises():
+    """The background thread and the caller share a batch: every task runs exactly once, none is
+    referenced after finish(), and an exception in either thread reaches the caller."""
+    import weakref
+
+    from sas3d.fusion.overlap import Overlap
+
+    class Payload:  # stands for a teacher map held by a task
+        pass
+
+    overlap = Overlap()
+    try:
+        runs, payloads = [], []
+
+        def task(k, payload):
+            runs.append(k)
+            sum(range(20000))  # some work, so both threads take tasks
+
+        tasks = []
+        for k in range(200):
+            payload = Payload()
+            payloads.append(weakref.ref(payload))
+            tasks.append(lambda k=k, payload=payload: task(k, payload))
+        del payload
+        overlap.submit(tasks)
+        del tasks
+        overlap.finish()
+        assert sorted(runs) == list(range(200))
+        assert all(ref() is None for ref in payloads)
+
+        def fail():
+            raise KeyError("bad map")
+
+        overlap.submit([fail] + [lambda: None] * 10)
+        with pytest.raises(KeyError, match="bad map"):
+            overlap.finish()
+        runs.clear()
+        overlap.submit([lambda: runs.append(1)] * 5)  # still usable after an error
+        overlap.finish()
+        assert runs == [1] * 5
+    finally:
+        overlap.close()
