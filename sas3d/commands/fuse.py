@@ -16,12 +16,15 @@ config that produced it.
 Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <frame-stem>.npy
 (h, w, C) map per frame in the text space, or <stem>.png (uint16 segment ids) + <stem>.json
 (id -> label). With several --teacher options each is fused separately and then combined with
---fusion (guided needs --capability cap.json from `sas3d capability`).
+--fusion (guided and confusion need --capability cap.json from `sas3d capability`; confusion,
+beyond SAS, weighs each teacher by how likely its predicted class is right given what the teachers
+predict, from their per-class confusion on the capability images).
 
 Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
 """
 
-FUSIONS = ("guided", "add", "linear", "mean")
+FUSIONS = ("guided", "confusion", "add", "linear", "mean")
+CAPABILITY_FUSIONS = ("guided", "confusion")  # need --capability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", action="append", required=True, metavar="SPEC",
                         help="teacher spec, e.g. precomputed:DIR, simulated:lseg, clip-dense:MODEL (repeatable)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
-    parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided fusion")
+    parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided / confusion fusion")
     parser.add_argument("--fusion", choices=FUSIONS,
                         help="how several teachers are combined (default: guided with --capability, else mean)")
     parser.add_argument("--labelset", help="vocabulary for guided/linear fusion (default: the capability's classes, else scannet20)")
@@ -83,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
     teachers = [build_teacher(spec, context) for spec in args.teacher]
     fusion = args.fusion or ("guided" if args.capability and len(teachers) > 1 else "mean")
     capability = _load_capability(args.capability) if args.capability else None
-    if len(teachers) > 1 and fusion == "guided" and capability is None:
-        raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
+    if len(teachers) > 1 and fusion == "confusion" and capability is not None:
+        capability.require_confusion()  # fail before the slow per-teacher fusion
+    if len(teachers) > 1 and fusion in CAPABILITY_FUSIONS and capability is None:
+        raise ConfigError(f"--fusion {fusion} needs --capability cap.json (from `sas3d capability`)")
 
     fused = []
     for spec, teacher in zip(args.teacher, teachers):
@@ -138,7 +143,7 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
         class_text = torch.zeros(0, fused[0].dim)
     else:
         classes = list(get_label_set(args.labelset or "scannet20").classes)
-        if capability is not None and fusion == "guided":
+        if capability is not None and fusion in CAPABILITY_FUSIONS:
             missing = [c for c in classes if c not in capability.classes]
             if missing:
                 raise InputError(Path(args.capability), f"scores classes {capability.classes[:6]}{' ...' if len(capability.classes) > 6 else ''}, "
@@ -149,8 +154,8 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
             raise ConfigError(f"text encoder {args.text_encoder} gives {class_text.shape[1]}-d features, teachers give {fused[0].dim}-d")
     catch_all = next((i for i, c in enumerate(classes) if c in CATCH_ALL), None)
 
-    scores = None
-    if capability is not None and fusion == "guided":
+    scores = confusion = None
+    if capability is not None and fusion in CAPABILITY_FUSIONS:
         # Rows are bound by identity only: a teacher's name, or the spec it was built from (capability
         # may store either). Never by position: a different --teacher order would swap the rows.
         names = []
@@ -162,8 +167,10 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
                                  "is not among them (rename the rows, or score this teacher with `sas3d capability`)")
             names.append(found[0])
         scores = torch.from_numpy(capability.scores_for(names, classes).astype(np.float32))
-    return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
-                         capability_source=str(args.capability) if args.capability else None)
+        if fusion == "confusion":
+            confusion = torch.from_numpy(capability.confusion_for(names, classes))
+    return fuse_teachers(fused, class_text, fusion, scores if fusion == "guided" else None, None, catch_all,
+                         capability_source=str(args.capability) if args.capability else None, capability_confusion=confusion)
 
 
 def _lazy_text_encoder(spec: str, device: str):
