@@ -1,6 +1,6 @@
 """The whole SAS pipeline on a set of scenes, through the same stage code a user runs by hand.
 
-teachers -> (alignment via text) -> capability -> per-teacher fusion -> add / linear / guided fusion
+teachers -> (alignment via text) -> capability -> per-teacher fusion -> add / linear / guided / confusion fusion
 -> superpoints + distillation (pixel-point, + superpoint, + TESD) -> evaluation -> text queries.
 
 Used by ``sas3d demo`` (embedded procedural rooms) and ``benchmarks/real_scan.py`` (a real ScanNet
@@ -64,7 +64,7 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
         class_text = encoder.encode(label_set.prompts())
 
     teacher_names, simulated, fused_dirs = _fuse(cfg, scenes, encoder, class_text, label_set, out, timings, log)
-    runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log)
+    runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log) if cfg.students else {}
 
     splits = []
     for name, dirs in (("in_place", train_dirs), ("held_out", held_out)):
@@ -98,7 +98,7 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
 
 def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_text: torch.Tensor, label_set: Any, out: Path,
           timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path]]:
-    """Capability of every teacher, then per-teacher multi-view fusion and add / linear / guided fusion
+    """Capability of every teacher, then per-teacher multi-view fusion and add / linear / guided / confusion fusion
     of every scene. Returns (teacher names, simulated?, fused folder per teacher and per fusion)."""
     from sas3d.capability import ProceduralGenerator, compute_capability
     from sas3d.capability.capability import plot_capability
@@ -123,7 +123,7 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
                 per_scene[scene.name].append(pf)
     if cfg.capability == "oracle":
         with _Timer(timings, "capability (ORACLE: true per-class IoU on the scenes)", log):
-            cap_scores = _oracle_capability(per_scene, list(scenes.values()), class_text, teacher_names, label_set, out)
+            cap_scores, cap_confusion = _oracle_capability(per_scene, list(scenes.values()), class_text, teacher_names, label_set, out)
     else:
         with _Timer(timings, "capability (generated images)", log):
             teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
@@ -132,27 +132,31 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
             cap.save(out / "capability.json")
             plot_capability(cap, out / "capability.png")
             cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
+            cap_confusion = torch.as_tensor(cap.confusion_for(teacher_names, label_set.classes))
             log(_capability_summary(cap, teacher_names))
-    with _Timer(timings, "add / linear / guided fusion", log):
+    with _Timer(timings, "add / linear / guided / confusion fusion", log):
         for scene in scenes.values():
             for method in FUSION_ROWS:
                 fused = fuse_teachers(per_scene[scene.name], class_text, method, cap_scores if method == "guided" else None,
                                       GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
-                                      capability_source=str(out / "capability.json"))
+                                      capability_source=str(out / "capability.json"),
+                                      capability_confusion=cap_confusion if method == "confusion" else None)
                 fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
     return teacher_names, simulated, fused_dirs
 
 
 def _oracle_capability(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, teacher_names: list[str],
-                       label_set: Any, out: Path) -> torch.Tensor:
+                       label_set: Any, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, K) true per-class IoU of every teacher's fused features over the scenes (unseen points count as
-    wrong), written to capability_oracle.json; classes absent from the scenes get 0."""
+    wrong) and (T, K, K + 1) their point confusion (for confusion fusion), written to capability_oracle.json;
+    classes absent from the scenes get 0."""
     from sas3d.evaluate.metrics import confusion_matrix, iou_acc
     from sas3d.evaluate.predict import classify
     from sas3d.utils.atomic import write_json_atomic
 
     k = len(label_set)
     scores = torch.zeros(len(teacher_names), k)
+    confusion = torch.zeros(len(teacher_names), k, k + 1, dtype=torch.float64)
     for t in range(len(teacher_names)):
         conf = np.zeros((k, k + 1), dtype=np.int64)
         for scene in scenes:
@@ -160,12 +164,13 @@ def _oracle_capability(per_scene: dict[str, list[Any]], scenes: list[Scene], cla
                 continue
             pf = per_scene[scene.name][t]
             conf += confusion_matrix(classify(pf.features, class_text, seen=pf.seen).numpy(), scene.labels, k)
+        confusion[t] = torch.from_numpy(conf)
         res = iou_acc(conf)
         scores[t] = torch.tensor(np.nan_to_num(np.asarray(res["iou"], dtype=np.float64)), dtype=torch.float32)
     write_json_atomic(out / "capability_oracle.json", {"oracle": True, "note": "true per-class IoU on the scenes' labels",
                                                        "teachers": teacher_names, "classes": list(label_set.classes),
-                                                       "scores": scores.tolist()})
-    return scores
+                                                       "scores": scores.tolist(), "confusion": confusion.tolist()})
+    return scores, confusion
 
 
 def _capability_summary(cap: Any, names: Sequence[str]) -> str:
