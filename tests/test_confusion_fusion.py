@@ -49,7 +49,7 @@ def test_sofa_that_is_usually_a_chair():
     guided = fuse_teachers([a, b], TEXT, "guided", SCORES)
     assert guided.weights[0, 0] > 0.5 and guided.features[0].float().argmax() == 1  # sofa
 
-    cfg = GuidedFusionConfig(confusion_floor=0.3)
+    cfg = GuidedFusionConfig(confusion_floor=0.3, confusion_temperature=1.0)
     out = fuse_teachers([a, b], TEXT, "confusion", cfg=cfg, capability_confusion=CONFUSION)
     # P(k | A=sofa, B=chair) ∝ L_A[k, sofa] * L_B[k, chair]: chair 0.52 * 0.73, sofa 0.8 * 0.17, table 0.1 * 0.1.
     p_chair, p_sofa = 0.52 * 0.73, 0.8 * 0.17
@@ -58,7 +58,7 @@ def test_sofa_that_is_usually_a_chair():
     assert out.features[0].float().argmax() == 0  # chair
     torch.testing.assert_close(out.features.float(), torch.tensor([[w_b, 1 - w_b, 0.0]]), atol=1e-3, rtol=0)
 
-    precision = fuse_teachers([a, b], TEXT, "confusion", cfg=GuidedFusionConfig(confusion_rule="precision", confusion_floor=0.3),
+    precision = fuse_teachers([a, b], TEXT, "confusion", cfg=GuidedFusionConfig(confusion_rule="precision", confusion_floor=0.3, confusion_temperature=1.0),
                               capability_confusion=CONFUSION)
     # P(true = c | t predicts c): A's sofa 0.8 / (0.52 + 0.8 + 0.1), B's chair 0.73 / (0.73 + 0.17 + 0.1).
     prec_a, prec_b = 0.8 / 1.42, 0.73 / 1.0
@@ -183,9 +183,10 @@ def test_fuse_cli_confusion_row_and_old_capability_file(tmp_path, monkeypatch, c
     assert main(base + ["--capability", str(tmp_path / "cap.json"), "--out", str(tmp_path / "c.safetensors")]) == 0
     fused = PointFeatures.load(tmp_path / "c.safetensors")
     assert fused.metadata["method"] == "confusion"
-    # floor 0.2, K = 2: L_good = [[0.9, 0.1], [0.9, 0.1]], L_bad = [[0.82, 0.18], [0.1, 0.9]];
-    # P(chair) ∝ 0.9 * 0.18, P(table) ∝ 0.9 * 0.9 -> bad's weight 0.81 / 0.972.
-    torch.testing.assert_close(fused.weights, torch.tensor([[0.162 / 0.972, 0.81 / 0.972]] * 3))
+    # Defaults floor 0.05, temperature 0.1, K = 2: L = 0.95 * rate + 0.025, so L_good = [[0.975, 0.025]] * 2 and
+    # L_bad = [[0.88, 0.12], [0.025, 0.975]]; P(chair) ∝ 0.975 * 0.12, P(table) ∝ 0.975 * 0.975, masses ∝ P^10.
+    ratio = (0.12 / 0.975) ** 10
+    torch.testing.assert_close(fused.weights, torch.tensor([[ratio / (1 + ratio), 1 / (1 + ratio)]] * 3))
 
 
 def test_capability_records_confusion_and_resumes_old_progress(tmp_path):

@@ -50,10 +50,11 @@ class GuidedFusionConfig:
     weight_normalisation: str = "sum"
     keep_dense_catch_all: bool = True  # official code: dense teacher's catch-all prediction keeps its feature
     dense_teacher: int = 0  # which input is the dense teacher (first by convention)
-    # ``confusion`` fusion (beyond SAS; our choices, measured on benchmarks/fusion_quality.py and real_scan.py):
+    # ``confusion`` fusion (beyond SAS, sas3d.fusion.confusion). Our choices, picked on benchmarks/fusion_quality.py
+    # and benchmarks/real_scan.py together (README: "Confusion-aware fusion"):
     confusion_rule: str = "posterior"  # "posterior": naive Bayes over all teachers' predictions; "precision": each alone
-    confusion_floor: float = 0.2  # share of each P(prediction | true class) spread uniformly (probe images != scenes)
-    confusion_temperature: float = 1.0  # predicted classes weigh P^(1/temperature); 1 = the probability itself
+    confusion_floor: float = 0.05  # share of each P(prediction | true class) spread uniformly (probe images != scenes)
+    confusion_temperature: float = 0.1  # predicted classes weigh P^(1/temperature); 1 = the probability itself
     # Which methods L2-normalise each teacher's point features before combining: "guided" (default),
     # "all" or "none" ("guided" also covers ``confusion``). A fused point feature is a mean over views, shorter where the views disagree; raw,
     # guided fusion would weigh teacher t by w_t * |f_t| instead of SAS Eq. 8's w_t (the paper combines
