@@ -23,6 +23,7 @@ wall-clock per stage and total; writes OUT/report.json and OUT/report.html.
 
     .venv/bin/python benchmarks/real_scan.py [--epochs 300] [--views 30] [--out runs/bench_real]
     .venv/bin/python benchmarks/real_scan.py --epochs 4      # quick check
+    .venv/bin/python benchmarks/real_scan.py --fusion-only   # only the 2D rows (teachers, add / linear / guided / confusion)
 """
 
 from __future__ import annotations
