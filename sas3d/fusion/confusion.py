@@ -12,7 +12,8 @@ a point does not vote):
 
 ``floor`` spreads part of every row uniformly: the probe images are not the scenes, so no count
 is trusted to say "never", and one teacher's vote can shift the odds by at most ~ K / floor. A class
-with no probe images (the catch-all) has a uniform row: nothing is known about it. Then per point,
+with no probe images (the catch-all) has a uniform row: nothing is known about it; a class outside the
+capability vocabulary was never predicted on the probes, so its column holds only the floor. Then per point,
 with a uniform prior over the K classes (the probe set is class-balanced; a scene's class frequencies
 are unknown; mIoU weighs classes equally):
 
