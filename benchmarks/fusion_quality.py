@@ -1,13 +1,16 @@
 """Fusion quality on the embedded default scenes with SIMULATED teachers (cf. SAS Table 3, "2D" column).
 
 For every scene: each simulated teacher's frames are fused onto the points (multi-view mean), then the
-teachers are combined with ``add``, ``mean``, ``linear`` and capability-``guided`` fusion. Each point is
+teachers are combined with ``add``, ``mean``, ``linear``, capability-``guided`` fusion and ``confusion``
+fusion (beyond SAS: each teacher weighed by how likely its predicted class is right, from the teachers'
+per-class confusion on the same capability images). Each point is
 classified by cosine argmax over the ScanNet20 text features and compared with the scene's labels
 (mIoU over present classes, unseen points count as wrong). Capability comes from the procedural
 generator (``sas3d capability`` with the same teachers). Target, as in SAS Table 3: guided beats the
-best single teacher and both baselines. Also printed: how well that capability ranks each teacher's true
-per-class IoU on these scenes (Spearman over (teacher, class) cells, per-class teacher order agreement;
-sas3d.capability.ranking) -- the simulated teachers have a seeded probe-image domain gap (probe_gap).
+best single teacher and both baselines; confusion fusion is >= guided and >= the best single teacher. Also
+printed: how well that capability ranks each teacher's true per-class IoU on these scenes (Spearman over
+(teacher, class) cells, per-class teacher order agreement; sas3d.capability.ranking) -- the simulated
+teachers have a seeded probe-image domain gap (probe_gap).
 
     .venv/bin/python benchmarks/fusion_quality.py [--images-per-class 50] [--work /tmp/sas3d_fusion_bench]
 
@@ -36,15 +39,18 @@ def main() -> int:
     p.add_argument("--n-val", type=int, default=3)
     p.add_argument("--n-views", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fusion config value (GuidedFusionConfig), e.g. --set confusion_rule=precision")
     args = p.parse_args()
 
     from sas3d.capability import Capability, ProceduralGenerator, compute_capability
     from sas3d.capability.ranking import capability_ranking, format_ranking
+    from sas3d.config import apply_overrides, from_dict, to_dict
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.metrics import confusion_matrix, iou_acc
     from sas3d.evaluate.predict import build_class_text, classify
     from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
-    from sas3d.fusion.multiview import fuse_teacher, fusion_config_for
+    from sas3d.fusion.multiview import fuse_teachers_multiview, fusion_config_for
     from sas3d.scene.readers import load_scene
     from sas3d.teachers.registry import TeacherContext, build_teacher
     from sas3d.text.encoders import build_text_encoder
@@ -77,9 +83,11 @@ def main() -> int:
     vocab_text = cap.class_text(encoder)
     scores = cap.select(args.teachers)
     k = len(scannet)
-    methods = [*args.teachers, "add", "mean", "linear", "guided"]
+    confusion = cap.confusion_for(args.teachers, cap.classes)
+    fusions = ("add", "mean", "linear", "guided", "confusion")
+    methods = [*args.teachers, *fusions]
     conf = {m: np.zeros((k, k + 1), dtype=np.int64) for m in methods}
-    cfg = GuidedFusionConfig(temperature=args.temperature)
+    cfg = from_dict(GuidedFusionConfig, apply_overrides(to_dict(GuidedFusionConfig(temperature=args.temperature)), args.set), "--set")
 
     t0 = time.perf_counter()
     for d in scene_dirs:
@@ -88,12 +96,13 @@ def main() -> int:
         fcfg = fusion_config_for(scene.kind)
         # Per-scene teachers with a per-frame cache: a rerun of the benchmark does no teacher calls.
         scene_ctx = TeacherContext(scene=scene, text_encoder=encoder, label_set="scannet20", cache_dir=args.work / "teacher_cache")
-        per_teacher = [fuse_teacher(scene, build_teacher(spec, scene_ctx), fcfg, progress=False) for spec in args.teachers]
+        per_teacher = fuse_teachers_multiview(scene, [build_teacher(spec, scene_ctx) for spec in args.teachers], fcfg, progress=False)
         fused = dict(zip(args.teachers, per_teacher))
-        for method in ("add", "mean", "linear", "guided"):
+        for method in fusions:
             fused[method] = fuse_teachers(
                 per_teacher, vocab_text, method, scores if method == "guided" else None, cfg,
                 cap.catch_all_index, teacher_names=args.teachers, capability_source=str(cap_path),
+                capability_confusion=confusion if method == "confusion" else None,
             )
         for m in methods:
             pred = classify(fused[m].features.float(), eval_text.embeddings, seen=fused[m].seen)
@@ -110,6 +119,10 @@ def main() -> int:
     verdict = "guided beats" if miou["guided"] > max(miou[best_single], baselines) else "guided does NOT beat"
     print(f"\n{verdict} the best single teacher ({best_single}, {miou[best_single]:.1f}) and the add/linear "
           f"baselines ({miou['add']:.1f}/{miou['linear']:.1f}) [{tag}]")
+    met = miou["confusion"] >= max(miou["guided"], miou[best_single])
+    print(f"confusion fusion ({cfg.confusion_rule}, floor {cfg.confusion_floor}, temperature {cfg.confusion_temperature}): "
+          f"{miou['confusion']:.1f} vs guided {miou['guided']:.1f} and best single {miou[best_single]:.1f}: "
+          f"{'>= both' if met else 'NOT >= both'} [{tag}]")
 
     scored = np.array([c in cap.classes and c not in CATCH_ALL for c in scannet.classes])
     capability = np.where(scored, cap.scores_for(args.teachers, scannet.classes), np.nan)

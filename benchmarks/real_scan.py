@@ -9,7 +9,7 @@ reads it like any ScanNet scan.
 Then ``run_pipeline`` runs every stage with the student, voxel size and learning rates of
 ``sas3d demo`` (its ``DEMO_*`` constants) but 300 epochs (``REAL_SCAN_EPOCHS``): SIMULATED 2D teachers (derived from the rendered label views with seeded error
 profiles, so the 2D rows are not real-model results) -> alignment via text -> capability ->
-add / linear / guided fusion -> distillation (pixel-point, + superpoint, + TESD, GGSD) ->
+add / linear / guided / confusion fusion -> distillation (pixel-point, + superpoint, + TESD, GGSD) ->
 evaluation against the real labels mapped NYU40 -> ScanNet20. Zero-shot protocol: the labels are
 never used for training (the students learn from the fused teacher features only); the same
 scene is distilled on and evaluated on, as in annotation-free 3D scene understanding. Training
@@ -23,6 +23,7 @@ wall-clock per stage and total; writes OUT/report.json and OUT/report.html.
 
     .venv/bin/python benchmarks/real_scan.py [--epochs 300] [--views 30] [--out runs/bench_real]
     .venv/bin/python benchmarks/real_scan.py --epochs 4      # quick check
+    .venv/bin/python benchmarks/real_scan.py --fusion-only   # only the 2D rows (teachers, add / linear / guided / confusion)
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> int:
                         help=f"distillation epochs = steps on the one scene (default {REAL_SCAN_EPOCHS})")
     parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
     parser.add_argument("--no-ggsd", action="store_true", help="skip the GGSD row")
+    parser.add_argument("--fusion-only", action="store_true", help="only the 2D rows (teachers and fusions): no student training")
     parser.add_argument("--augment", action="store_true",
                         help="augment the training scene (the recipes' default; off here, see the module docstring)")
     parser.add_argument("--teacher", action="append", default=None, metavar="SPEC",
@@ -112,7 +114,7 @@ def main() -> int:
         images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
         final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
         train_overrides=([] if args.paper_student else list(INPLACE_OVERRIDES)) + list(args.set),
-        ggsd=not args.no_ggsd, augment=args.augment, parallel_runs=os.cpu_count() or 1, seed=args.seed,
+        ggsd=not args.no_ggsd, students=not args.fusion_only, augment=args.augment, parallel_runs=os.cpu_count() or 1, seed=args.seed,
         progress=not args.no_progress,
         queries=["a chair", "a table", "a whiteboard", "a door", "a window"])
     report = run_pipeline([scene_dir], [scene_dir], args.out, cfg, log=lambda s: print(s, flush=True))
@@ -130,6 +132,8 @@ def main() -> int:
     comparisons = [
         (f"guided 2D / best single teacher ({best_teacher})", "fusion:guided", best_teacher),
         ("guided 2D / best of add, linear", "fusion:guided", max(("fusion:add", "fusion:linear"), key=miou.get)),
+        (f"confusion 2D / best single teacher ({best_teacher})", "fusion:confusion", best_teacher),
+        ("confusion 2D / guided 2D", "fusion:confusion", "fusion:guided"),
         ("+superpoint / pixel-point", "distill:superpoint", "distill:pixel_point"),
         ("+TESD / +superpoint", "distill:tesd", "distill:superpoint"),
         ("+TESD / guided 2D (student vs its fused teacher)", "distill:tesd", "fusion:guided"),

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
 def test_report_has_every_stage_in_both_splits_and_says_simulated(tiny_run):
     out, report, data, html_path = tiny_run
     assert data["simulated"] is True and "SIMULATED" in data["note"]
-    common = {"teacher:simulated-lseg", "teacher:simulated-seem", "fusion:add", "fusion:linear", "fusion:guided",
+    common = {"teacher:simulated-lseg", "teacher:simulated-seem", "fusion:add", "fusion:linear", "fusion:guided", "fusion:confusion",
               "distill:pixel_point", "distill:superpoint", "distill:tesd", "distill:ensemble"}
     # in place: distilled and scored on the training room; the supervised reference only held out
     assert set(data["splits"]["in_place"]["stages"]) == common

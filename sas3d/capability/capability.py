@@ -5,6 +5,13 @@ predicts a per-pixel feature map; its mask for the class is the set of pixels wh
 vocabulary text features is the class. Capability ``S[teacher, class] = sum of intersections / sum of
 unions`` over that class's images; the catch-all class gets 0.
 
+Beyond the paper, the same predictions also give each teacher's per-class *confusion*: pixel counts of
+(true class of the image's mask, predicted class) over the mask pixels, with a last column for pixels
+where the teacher predicts nothing (an all-zero feature: a mask teacher without a mask). Only mask
+pixels are counted: the background's true class is unknown (unlabelled in procedural images, any scene
+content in generated photos), so it cannot say what a prediction means. Fusion rules that model
+"teacher t's sofa is usually a chair" read it (``sas3d.fusion.confusion``).
+
 Each generated image is saved as a PNG (+ a uint16 ground-truth label PNG in the teachers' label set,
 255 for the background and for classes the label set lacks) in the work folder, and teachers see it as
 a :class:`~sas3d.scene.types.Frame`, the same interface as in a real scene. Per-image counts are kept
@@ -67,6 +74,10 @@ class Capability:
     intersections: np.ndarray | None = None  # (T, K) summed pixel counts
     unions: np.ndarray | None = None  # (T, K)
     images: np.ndarray | None = None  # (K,) images scored per class
+    # (T, K, K + 1) mask-pixel counts [teacher, true class, predicted class]; column K = no prediction.
+    # Optional: files written before it existed load without it.
+    confusion: np.ndarray | None = None
+    source: str | None = None  # the file it was loaded from (for error messages); not saved
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically."""
@@ -76,7 +87,7 @@ class Capability:
             "scores": np.asarray(self.scores, dtype=float).round(6).tolist(),
             "config": self.config,
         }
-        for key in ("intersections", "unions", "images"):
+        for key in ("intersections", "unions", "images", "confusion"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = np.asarray(value).tolist()
@@ -109,7 +120,9 @@ class Capability:
         if len(set(teachers)) != len(teachers) or len(set(classes)) != len(classes):
             raise InputError(path, "capability file names a teacher or a class twice")
         extra = {k: np.asarray(data[k]) for k in ("intersections", "unions", "images") if k in data}
-        return cls(teachers, classes, scores, data.get("config", {}), **extra)
+        if "confusion" in data:
+            extra["confusion"] = _checked_confusion(path, data["confusion"], len(teachers), len(classes))
+        return cls(teachers, classes, scores, data.get("config", {}), **extra, source=str(path))
 
     @property
     def text_space(self) -> str | None:
@@ -129,12 +142,7 @@ class Capability:
 
     def select(self, teachers: Sequence[str]) -> np.ndarray:
         """Score rows for ``teachers`` in that order (e.g. the order of ``sas3d fuse --teacher``)."""
-        rows = []
-        for t in teachers:
-            if t not in self.teachers:
-                raise ConfigError(f"teacher {t!r} has no capability scores; the file has {self.teachers}")
-            rows.append(self.scores[self.teachers.index(t)])
-        return np.stack(rows)
+        return np.stack([self.scores[self._row(t)] for t in teachers])
 
     def scores_for(self, teachers: Sequence[str], classes: Sequence[str]) -> np.ndarray:
         """(T, K) scores of ``teachers`` on ``classes``, in those orders; a class the file does not score gets 0."""
@@ -143,8 +151,8 @@ class Capability:
         return np.stack(columns, axis=1)
 
     def bind(self, names: Sequence[str], identities: Sequence[str | None], classes: Sequence[str], text_space: str | None,
-             path: str | Path | None = None, specs: Sequence[str] | None = None) -> np.ndarray:
-        """(T, K) scores for teachers ``names`` on the fusion vocabulary ``classes``, checked.
+             path: str | Path | None = None, specs: Sequence[str] | None = None) -> list[str]:
+        """The rows of teachers ``names`` for a fusion over ``classes``, checked (for :meth:`scores_for`, :meth:`confusion_for`).
 
         Rows are bound by identity only, never by position (another --teacher order would swap them): a
         row is the one named by the teacher's name, or by its spec (``specs``: files written by older
@@ -172,7 +180,39 @@ class Capability:
             if recorded is not None and identity is not None and recorded != identity:
                 raise InputError(where, f"row {found[0]!r} scores the teacher {recorded!r}, but --teacher {spec or name} is {identity!r}")
             rows.append(found[0])
-        return self.scores_for(rows, classes)
+        return rows
+
+    def confusion_for(self, teachers: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+        """(T, K, K + 1) confusion counts of ``teachers`` on ``classes``, in those orders.
+
+        ``[t, i, j]`` = mask pixels of true class ``classes[i]`` that teacher t predicted as ``classes[j]``;
+        column K gathers everything else (no prediction, or a class outside ``classes``). A class the
+        file does not score has an all-zero row (no evidence about it)."""
+        confusion = self.require_confusion()
+        rows = np.stack([confusion[self._row(t)] for t in teachers])
+        known = [self.classes.index(c) if c in self.classes else None for c in classes]
+        out = np.zeros((len(teachers), len(classes), len(classes) + 1), dtype=np.float64)
+        for i, src in enumerate(known):
+            if src is None:
+                continue
+            row = rows[:, src, :].astype(np.float64)  # (T, K_file + 1)
+            for j, col in enumerate(known):
+                if col is not None:
+                    out[:, i, j] = row[:, col]
+            out[:, i, -1] = row.sum(axis=1) - out[:, i, :-1].sum(axis=1)
+        return out
+
+    def require_confusion(self) -> np.ndarray:
+        """The (T, K, K + 1) confusion, or a clear error naming the file that lacks it."""
+        if self.confusion is None:
+            raise InputError(self.source, "capability file has no per-class confusion (written before it was recorded); "
+                             "rerun `sas3d capability` with the same --workdir (it re-scores from the saved images) to add it")
+        return self.confusion
+
+    def _row(self, teacher: str) -> int:
+        if teacher not in self.teachers:
+            raise ConfigError(f"teacher {teacher!r} has no capability scores; the file has {self.teachers}")
+        return self.teachers.index(teacher)
 
     def class_text(self, text_encoder: TextEncoder) -> torch.Tensor:
         """(K, C) text features of the capability vocabulary, encoded as the fusion prompts them."""
@@ -259,7 +299,8 @@ def compute_capability(
     bar = tqdm(jobs, desc="capability", unit="img", disable=not progress)
     for k, cls, i in bar:
         key = f"{cls}/{i}"
-        todo = [j for j, nm in enumerate(names) if nm not in done.get(key, {})]
+        # An entry without its confusion counts (written before they were recorded) is scored again.
+        todo = [j for j, nm in enumerate(names) if len(done.get(key, {}).get(nm, ())) < 3]
         if not todo:
             continue
         bar.set_postfix_str(cls)
@@ -267,8 +308,8 @@ def compute_capability(
         entry = done.setdefault(key, {})
         for j in todo:
             fmap = teachers[j].predict(frame)
-            pred = teacher_class_map(fmap, class_text, frame.height, frame.width)
-            entry[names[j]] = list(mask_counts(pred == k, gt))
+            pred = teacher_class_map(fmap, class_text, frame.height, frame.width)  # -1: no prediction, claims no class
+            entry[names[j]] = [*mask_counts(pred == k, gt), _predicted_counts(pred[gt])]
         write_json_atomic(progress_path, {"setup": setup, "identities": identities, "done": done})
     bar.close()
 
@@ -276,19 +317,41 @@ def compute_capability(
     inter = np.zeros((n_t, n_k), dtype=np.int64)
     union = np.zeros((n_t, n_k), dtype=np.int64)
     counts = np.zeros(n_k, dtype=np.int64)
+    confusion = np.zeros((n_t, n_k, n_k + 1), dtype=np.int64)
     for k, cls, i in jobs:
         entry = done[f"{cls}/{i}"]
         counts[k] += 1
         for j, nm in enumerate(names):
             inter[j, k] += entry[nm][0]
             union[j, k] += entry[nm][1]
+            for predicted, n in entry[nm][2].items():
+                confusion[j, k, int(predicted) if int(predicted) >= 0 else n_k] += n
     scores = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     for k, cls in enumerate(vocab.classes):
         if cls in CATCH_ALL:
             scores[:, k] = 0.0  # SAS: the catch-all class gets no capability
     meta = {"capability_config": to_dict(cfg), **setup, "images_per_class": images_per_class,
             TEXT_SPACE: text_space_of(text_encoder), TEACHERS: [getattr(t, "identity", n) for t, n in zip(teachers, names)]}
-    return Capability(names, list(vocab.classes), scores, meta, inter, union, counts)
+    return Capability(names, list(vocab.classes), scores, meta, inter, union, counts, confusion)
+
+
+def _predicted_counts(pred: np.ndarray) -> dict[str, int]:
+    """{predicted class index (-1 = no prediction): pixel count} of the predictions on one image's mask."""
+    values, n = np.unique(pred, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, n)}
+
+
+def _checked_confusion(path: Path, value: Any, n_teachers: int, n_classes: int) -> np.ndarray:
+    """The ``confusion`` field of a capability file as (T, K, K + 1) non-negative counts, or a clear error."""
+    try:
+        confusion = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"capability confusion is not a numeric array ({exc})") from None
+    if confusion.shape != (n_teachers, n_classes, n_classes + 1):
+        raise InputError(path, f"confusion shape {confusion.shape} != ({n_teachers} teachers, {n_classes} classes, {n_classes + 1})")
+    if not np.isfinite(confusion).all() or (confusion < 0).any():
+        raise InputError(path, "capability confusion holds negative or non-finite counts")
+    return confusion
 
 
 def probe_jobs(vocabulary: LabelSet, images_per_class: int) -> list[tuple[int, str, int]]:

@@ -17,12 +17,15 @@ Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <fram
 (h, w, C) map per frame in the text space, or <stem>.png (uint16 segment ids) + <stem>.json
 (id -> label). With several --teacher options all are fused in one pass over the frames (each
 frame's depth read and its points projected once), each teacher's mean kept apart, then combined
-with --fusion (guided needs --capability cap.json from `sas3d capability`).
+with --fusion (guided and confusion need --capability cap.json from `sas3d capability`; confusion,
+beyond SAS, weighs each teacher by how likely its predicted class is right given what the teachers
+predict, from their per-class confusion on the capability images).
 
 Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
 """
 
-FUSIONS = ("guided", "add", "linear", "mean")
+FUSIONS = ("guided", "confusion", "add", "linear", "mean")
+CAPABILITY_FUSIONS = ("guided", "confusion")  # need --capability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", action="append", required=True, metavar="SPEC",
                         help="teacher spec, e.g. precomputed:DIR, simulated:lseg, clip-dense:MODEL (repeatable)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
-    parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided fusion")
+    parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided / confusion fusion")
     parser.add_argument("--fusion", choices=FUSIONS,
                         help="how several teachers are combined (default: guided with --capability, else mean)")
     parser.add_argument("--labelset", help="vocabulary for guided/linear fusion (default: the capability's classes, else scannet20)")
@@ -89,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
                               f"{args.text_encoder} is {encoder.identity!r}; use --text-encoder for the teacher's space")
     fusion = args.fusion or ("guided" if args.capability and len(teachers) > 1 else "mean")
     capability = _load_capability(args.capability) if args.capability else None
-    if len(teachers) > 1 and fusion == "guided" and capability is None:
-        raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
-    if capability is not None and fusion == "guided" and len(teachers) > 1:  # refuse a file that does not fit before any frame is read
+    if len(teachers) > 1 and fusion in CAPABILITY_FUSIONS and capability is None:
+        raise ConfigError(f"--fusion {fusion} needs --capability cap.json (from `sas3d capability`)")
+    if capability is not None and fusion in CAPABILITY_FUSIONS and len(teachers) > 1:  # refuse a file that does not fit before any frame is read
         from sas3d.text.labelsets import get_label_set
 
+        if fusion == "confusion":
+            capability.require_confusion()
         capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
                         get_label_set(args.labelset or "scannet20").classes, encoder.identity, args.capability, specs=args.teacher)
 
@@ -151,14 +156,15 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
             raise ConfigError(f"text encoder {args.text_encoder} gives {class_text.shape[1]}-d features, teachers give {fused[0].dim}-d")
     catch_all = next((i for i, c in enumerate(classes) if c in CATCH_ALL), None)
 
-    scores = None
-    if capability is not None and fusion == "guided":
-        names = [getattr(t, "name", "") for t in teachers]
-        rows = capability.bind(names, [getattr(t, "identity", None) for t in teachers], classes, encoder.identity,
-                               args.capability, specs=args.teacher)
-        scores = torch.from_numpy(rows.astype(np.float32))
-    return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
-                         capability_source=str(args.capability) if args.capability else None)
+    scores = confusion = None
+    if capability is not None and fusion in CAPABILITY_FUSIONS:
+        rows = capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
+                               classes, encoder.identity, args.capability, specs=args.teacher)
+        scores = torch.from_numpy(capability.scores_for(rows, classes).astype(np.float32))
+        if fusion == "confusion":
+            confusion = torch.from_numpy(capability.confusion_for(rows, classes))
+    return fuse_teachers(fused, class_text, fusion, scores if fusion == "guided" else None, None, catch_all,
+                         capability_source=str(args.capability) if args.capability else None, capability_confusion=confusion)
 
 
 def _lazy_text_encoder(spec: str, device: str):

@@ -15,6 +15,11 @@ gave no mask there) counts as not seen. By convention the FIRST teacher is the
 dense one (LSeg in the paper): where it predicts the catch-all class its feature is kept unchanged
 (official code detail; ``keep_dense_catch_all``).
 
+``confusion`` (beyond SAS, ``sas3d.fusion.confusion``): each teacher is weighed by how likely the
+class it predicts is the true one given what the teachers predict, from each teacher's per-class
+confusion on the capability probe images (``capability_confusion``); it sees that a teacher's "sofa"
+is usually a chair, which Eq. 7's sum of IoUs cannot.
+
 Baselines (SAS Table 3): ``add`` = raw sum of the features, ``linear`` = weights proportional to each
 feature's maximum cosine similarity to the vocabulary, ``mean`` = plain average.
 """
@@ -28,10 +33,12 @@ import torch
 
 from sas3d.config import to_dict
 from sas3d.errors import ConfigError
+from sas3d.fusion import confusion as confusion_rule
 from sas3d.fusion.features import PointFeatures
 from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE, common_text_space
 
-METHODS = ("guided", "add", "linear", "mean")
+METHODS = ("guided", "confusion", "add", "linear", "mean")
+UNIT_FEATURE_METHODS = ("guided", "confusion")  # combine unit features under normalize_inputs="guided"
 
 
 @dataclass
@@ -44,8 +51,13 @@ class GuidedFusionConfig:
     weight_normalisation: str = "sum"
     keep_dense_catch_all: bool = True  # official code: dense teacher's catch-all prediction keeps its feature
     dense_teacher: int = 0  # which input is the dense teacher (first by convention)
+    # ``confusion`` fusion (beyond SAS, sas3d.fusion.confusion). Our choices, picked on benchmarks/fusion_quality.py
+    # and benchmarks/real_scan.py together (README: "Confusion-aware fusion"):
+    confusion_rule: str = "posterior"  # "posterior": naive Bayes over all teachers' predictions; "precision": each alone
+    confusion_floor: float = 0.05  # share of each P(prediction | true class) spread uniformly (probe images != scenes)
+    confusion_temperature: float = 0.1  # predicted classes weigh P^(1/temperature); 1 = the probability itself
     # Which methods L2-normalise each teacher's point features before combining: "guided" (default),
-    # "all" or "none". A fused point feature is a mean over views, shorter where the views disagree; raw,
+    # "all" or "none" ("guided" also covers ``confusion``). A fused point feature is a mean over views, shorter where the views disagree; raw,
     # guided fusion would weigh teacher t by w_t * |f_t| instead of SAS Eq. 8's w_t (the paper combines
     # per-pixel unit features: LSeg's pixel features, SEEM's mask embeddings). The Table 3 baselines
     # (add, linear, mean) stay on raw features unless "all".
@@ -64,11 +76,13 @@ def fuse_teachers(
     *,
     teacher_names: Sequence[str] | None = None,
     capability_source: str | None = None,
+    capability_confusion: torch.Tensor | None = None,
 ) -> PointFeatures:
     """Fuse per-teacher :class:`PointFeatures` of one scene into one.
 
     ``class_text`` (K, C) vocabulary text features; ``capability_scores`` (T, K) is required for
-    ``guided`` (rows in the order of ``features``, columns in the order of ``class_text``).
+    ``guided`` (rows in the order of ``features``, columns in the order of ``class_text``);
+    ``capability_confusion`` (T, K, K + 1) confusion counts (:meth:`Capability.confusion_for`) for ``confusion``.
     Returns fused features with ``weights`` (N, T): each teacher's weight per point (0 where unseen).
     """
     cfg = cfg or GuidedFusionConfig()
@@ -96,6 +110,18 @@ def fuse_teachers(
             raise ConfigError(f"weight_normalisation must be 'sum' or 'paper', got {cfg.weight_normalisation!r}")
         if cfg.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
+    likelihood = None
+    if method == "confusion":
+        if capability_confusion is None:
+            raise ConfigError("confusion fusion needs the capability's per-class confusion (sas3d capability ... --out cap.json)")
+        counts = torch.as_tensor(capability_confusion, dtype=torch.float64)
+        if counts.shape != (n_teachers, k, k + 1):
+            raise ConfigError(f"capability confusion has shape {tuple(counts.shape)}, expected ({n_teachers}, {k}, {k + 1})")
+        likelihood = confusion_rule.likelihoods(counts, cfg.confusion_floor)
+        if cfg.confusion_rule not in confusion_rule.RULES:
+            raise ConfigError(f"confusion_rule must be one of {', '.join(confusion_rule.RULES)}, got {cfg.confusion_rule!r}")
+        if cfg.confusion_temperature <= 0:
+            raise ConfigError(f"confusion_temperature must be > 0, got {cfg.confusion_temperature}")
     if not 0 <= cfg.dense_teacher < n_teachers:
         raise ConfigError(f"dense_teacher={cfg.dense_teacher} but there are {n_teachers} teachers")
 
@@ -112,7 +138,7 @@ def fuse_teachers(
         # An all-zero feature is "no prediction" (a mask teacher without a mask there): not a vote for class 0.
         valid = seen[sl] & (f.abs().amax(dim=-1) > 0)
         any_seen[sl] = valid.any(dim=1)  # a point no teacher predicts at is unseen, not a zero feature
-        w = _weights(f, valid, text, method, scores, cfg, catch_all_index)
+        w = _weights(f, valid, text, method, scores if method == "guided" else likelihood, cfg, catch_all_index)
         weights[sl] = w
         out[sl] = torch.einsum("nt,ntc->nc", w, f)
     if cfg.normalize_output:
@@ -145,7 +171,7 @@ def _normalises(setting: str | bool, method: str) -> bool:
     setting = {True: "all", False: "none"}.get(setting, setting) if isinstance(setting, bool) else setting
     if setting not in ("guided", "all", "none"):
         raise ConfigError(f"normalize_inputs must be 'guided', 'all' or 'none', got {setting!r}")
-    return setting == "all" or (setting == "guided" and method == "guided")
+    return setting == "all" or (setting == "guided" and method in UNIT_FEATURE_METHODS)
 
 
 def _weights(
@@ -157,7 +183,9 @@ def _weights(
     cfg: GuidedFusionConfig,
     catch_all_index: int | None,
 ) -> torch.Tensor:
-    """Per-point teacher weights (n, T), zero for teachers that do not see the point."""
+    """Per-point teacher weights (n, T), zero for teachers that do not see the point.
+
+    ``scores``: the (T, K) capability for ``guided``, the (T, K, K) likelihoods for ``confusion``."""
     seen_f = seen.to(torch.float32)
     if method == "add":
         return seen_f
@@ -172,6 +200,9 @@ def _weights(
 
     assert scores is not None
     pred = sims.argmax(dim=-1)  # (n, T), Eq. 6
+    if method == "confusion":
+        w = confusion_rule.teacher_weights(pred, seen, scores, cfg.confusion_rule, cfg.confusion_temperature)
+        return _keep_dense_catch_all(w, seen, pred, cfg, catch_all_index)
     # w[n, t] = sum over seen teachers s of S[t, pred[n, s]]   (Eq. 7)
     per_pair = scores[torch.arange(scores.shape[0])[None, None, :], pred[:, :, None]]  # (n, s, t) = S[t, pred[n,s]]
     w = (per_pair * seen_f[:, :, None]).sum(dim=1) * seen_f  # (n, T)
@@ -182,6 +213,12 @@ def _weights(
     logits = (w / cfg.temperature).masked_fill(~seen, float("-inf"))
     w = torch.softmax(logits, dim=1)  # Eq. 8
     w = torch.nan_to_num(w, nan=0.0)  # rows with no seen teacher
+    return _keep_dense_catch_all(w, seen, pred, cfg, catch_all_index)
+
+
+def _keep_dense_catch_all(w: torch.Tensor, seen: torch.Tensor, pred: torch.Tensor, cfg: GuidedFusionConfig,
+                          catch_all_index: int | None) -> torch.Tensor:
+    """Where the dense teacher predicts the catch-all class, its feature alone (official SAS code detail)."""
     if cfg.keep_dense_catch_all and catch_all_index is not None:
         d = cfg.dense_teacher
         keep = seen[:, d] & (pred[:, d] == catch_all_index)

@@ -7,7 +7,8 @@ from typing import Any
 
 # Rows of the ablation table, in SAS Table 3 order.
 TEACHER_ROW = "2D {name}"
-FUSION_ROWS = {"add": "2D add", "linear": "2D linear", "guided": "2D guided (SAS)"}
+FUSION_ROWS = {"add": "2D add", "linear": "2D linear", "guided": "2D guided (SAS)",
+               "confusion": "2D confusion-aware (beyond SAS)"}
 DISTILL_ROWS = {
     "pixel_point": "3D pixel-point (OpenScene)",
     "superpoint": "3D + superpoint",
@@ -42,6 +43,7 @@ class PipelineConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # build_model kwargs (e.g. narrower planes)
     # `--set` values added to every training run (e.g. loss.balance=class, data.input=rgb); empty = the papers
     train_overrides: list[str] = field(default_factory=list)
+    students: bool = True  # train the 3D students (False: only the 2D teacher and fusion rows)
     ggsd: bool = False  # also train the GGSD recipe (extra row)
     supervised_reference: bool = False  # also train the student on ground-truth labels, same budget (held-out row)
     parallel_runs: int = 1  # training runs side by side in worker processes (the demo: one per CPU core)

@@ -1,6 +1,6 @@
 """The whole SAS pipeline on a set of scenes, through the same stage code a user runs by hand.
 
-teachers -> (alignment via text) -> capability -> per-teacher fusion -> add / linear / guided fusion
+teachers -> (alignment via text) -> capability -> per-teacher fusion -> add / linear / guided / confusion fusion
 -> superpoints + distillation (pixel-point, + superpoint, + TESD) -> evaluation -> text queries.
 
 Used by ``sas3d demo`` (embedded procedural rooms) and ``benchmarks/real_scan.py`` (a real ScanNet
@@ -65,7 +65,7 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
         class_text = encoder.encode(label_set.prompts())
 
     teacher_names, simulated, fused_dirs, ranking = _fuse(cfg, scenes, encoder, class_text, label_set, out, timings, log)
-    runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log)
+    runs = train_students(cfg, train_dirs, fused_dirs["guided"], out / "runs", timings, log) if cfg.students else {}
 
     splits = []
     for name, dirs in (("in_place", train_dirs), ("held_out", held_out)):
@@ -101,9 +101,9 @@ def run_pipeline(train_dirs: Sequence[str | Path], eval_dirs: Sequence[str | Pat
 def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_text: torch.Tensor, label_set: Any, out: Path,
           timings: dict[str, float], log: Callable[[str], None]) -> tuple[list[str], bool, dict[str, Path], dict[str, Any] | None]:
     """Capability of every teacher, then multi-view fusion of all teachers (one pass over each scene's
-    frames, one mean per teacher) and add / linear / guided fusion of every scene. Returns (teacher names,
-    simulated?, fused folder per teacher and per fusion, how well the generated-image capability ranks the
-    teachers' true per-class IoU on the scenes; None for oracle)."""
+    frames, one mean per teacher) and add / linear / guided / confusion fusion of every scene. Returns
+    (teacher names, simulated?, fused folder per teacher and per fusion, how well the generated-image
+    capability ranks the teachers' true per-class IoU on the scenes; None for oracle)."""
     from sas3d.capability import ProceduralGenerator, compute_capability
     from sas3d.capability.capability import plot_capability
     from sas3d.capability.ranking import capability_ranking, format_ranking
@@ -129,11 +129,12 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
     ranking = None
     if cfg.capability == "oracle":
         with _Timer(timings, "capability (ORACLE: true per-class IoU on the scenes)", log):
-            true_iou = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
+            true_iou, true_confusion = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
             cap_scores = torch.tensor(np.nan_to_num(true_iou), dtype=torch.float32)  # classes absent from the scenes: 0
+            cap_confusion = torch.as_tensor(true_confusion)
             write_json_atomic(out / "capability_oracle.json", {"oracle": True, "note": "true per-class IoU on the scenes' labels",
                                                                "teachers": teacher_names, "classes": list(label_set.classes),
-                                                               "scores": cap_scores.tolist()})
+                                                               "scores": cap_scores.tolist(), "confusion": true_confusion.tolist()})
     else:
         with _Timer(timings, "capability (generated images)", log):
             teachers = [build_teacher(spec, context(None)) for spec in cfg.teachers]
@@ -142,30 +143,35 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
             cap.save(out / "capability.json")
             plot_capability(cap, out / "capability.png")
             cap_scores = torch.as_tensor(cap.scores_for(teacher_names, label_set.classes), dtype=torch.float32)
+            cap_confusion = torch.as_tensor(cap.confusion_for(teacher_names, label_set.classes))
             log(_capability_summary(cap, teacher_names))
         if any(scene.labels is not None for scene in scenes.values()):
             # Scored against the scenes' labels: a diagnostic only; the fusion below never sees it.
             scored = np.array([c in cap.classes and c not in CATCH_ALL for c in label_set.classes])
-            true_iou = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
+            true_iou, _ = true_class_iou(per_scene, list(scenes.values()), class_text, len(teacher_names), len(label_set))
             ranking = capability_ranking(np.where(scored, cap_scores.numpy(), np.nan), true_iou, teacher_names, label_set.classes)
             log("\n".join(format_ranking(ranking, simulated)))
-    with _Timer(timings, "add / linear / guided fusion", log):
+    with _Timer(timings, "add / linear / guided / confusion fusion", log):
         for scene in scenes.values():
             for method in FUSION_ROWS:
                 fused = fuse_teachers(per_scene[scene.name], class_text, method, cap_scores if method == "guided" else None,
                                       GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
-                                      capability_source=str(out / "capability.json"))
+                                      capability_source=str(out / "capability.json"),
+                                      capability_confusion=cap_confusion if method == "confusion" else None)
                 fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
     return teacher_names, simulated, fused_dirs, ranking
 
 
-def true_class_iou(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, n_teachers: int, k: int) -> np.ndarray:
+def true_class_iou(per_scene: dict[str, list[Any]], scenes: list[Scene], class_text: torch.Tensor, n_teachers: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, K) true per-class IoU of every teacher's fused features over the labelled scenes (unseen points
-    count as wrong); NaN for classes absent from the scenes' labels."""
+    count as wrong; NaN for classes absent from the scenes' labels) and (T, K, K + 1) their point confusion
+    (rows: true class, last column: no prediction; for confusion fusion's oracle)."""
     from sas3d.evaluate.metrics import confusion_matrix, iou_acc
     from sas3d.evaluate.predict import classify
 
     scores = np.full((n_teachers, k), np.nan)
+    confusion = np.zeros((n_teachers, k, k + 1), dtype=np.float64)
     for t in range(n_teachers):
         conf = np.zeros((k, k + 1), dtype=np.int64)
         for scene in scenes:
@@ -173,9 +179,10 @@ def true_class_iou(per_scene: dict[str, list[Any]], scenes: list[Scene], class_t
                 continue
             pf = per_scene[scene.name][t]
             conf += confusion_matrix(classify(pf.features, class_text, seen=pf.seen).numpy(), scene.labels, k)
+        confusion[t] = conf
         res = iou_acc(conf)
         scores[t] = np.where(res["present"], res["iou"], np.nan)
-    return scores
+    return scores, confusion
 
 
 def _capability_summary(cap: Any, names: Sequence[str]) -> str:
