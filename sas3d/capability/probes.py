@@ -26,7 +26,6 @@ measured on them in three steps:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,7 +48,7 @@ from sas3d.scene.types import Frame
 from sas3d.teachers.base import Teacher
 from sas3d.text.base import TextEncoder
 from sas3d.text.labelsets import LabelSet, get_label_set
-from sas3d.utils.atomic import write_json_atomic
+from sas3d.utils.atomic import read_json_object, write_json_atomic
 
 IMAGES = "images"  # DIR/images: the probe images + manifest, for the user's model
 PRIVATE = ".sas3d"  # DIR/.sas3d: pseudo masks, label images, export setup
@@ -90,7 +89,7 @@ def export_probes(
     }
     setup_path = out_dir / PRIVATE / EXPORT_SETUP
     if setup_path.is_file():
-        recorded = _read_json(setup_path, "export setup")
+        recorded = read_json_object(setup_path, "export setup")
         if recorded != setup:
             changed = sorted(k for k in setup if recorded.get(k) != setup[k])
             raise ConfigError(f"{out_dir}: holds probes exported with another {', '.join(changed)}; "
@@ -177,7 +176,7 @@ def load_probes(path: str | Path) -> ExportedProbes:
     if not manifest_path.is_file():
         raise InputError(manifest_path, "probe manifest not found: export probes first (sas3d capability --export-probes "
                                         f"{path}); an export that did not finish has no manifest yet: run it again")
-    data = _read_json(manifest_path, "probe manifest")
+    data = read_json_object(manifest_path, "probe manifest")
     if data.get("format") != MANIFEST_FORMAT or data.get("version") != MANIFEST_VERSION:
         raise InputError(manifest_path, f"not a sas3d probe manifest (format {data.get('format')!r}, version {data.get('version')!r})")
     try:
@@ -263,16 +262,6 @@ def score_probes(
     cap.config["probes"] = {"export": str(probes.root), "manifest": str(probes.manifest_path),
                             "generator": probes.manifest["generator"], "images": len(probes.stems)}
     return cap
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable {what} ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, f"{what} is not a JSON object")
-    return data
 
 
 def _first(names: Sequence[str], n: int = 5) -> str:

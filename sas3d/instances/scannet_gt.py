@@ -17,13 +17,13 @@ overwrites an earlier one on shared vertices, as there. The benchmark's own grou
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sas3d.errors import InputError
+from sas3d.utils.atomic import read_json_object
 
 # NYU40 class names by id (the NYU Depth v2 40-class set ScanNet maps its raw categories to).
 NYU40_NAMES = dict(enumerate((
@@ -81,16 +81,6 @@ def _find_label_map(folder: Path) -> Path | None:
     return None
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def annotation_files(scene_dir: str | Path) -> tuple[Path, Path]:
     """(segs.json, aggregation.json) of a ScanNet scan folder; InputError naming what is missing."""
     folder = Path(scene_dir)
@@ -129,14 +119,14 @@ def read_scannet_instance_gt(source: str | Path, num_points: int | None = None, 
 
 def _read_aggregation(folder: Path, label_map: str | Path | dict | None) -> InstanceGroundTruth:
     segs_path, agg_path = annotation_files(folder)
-    segs = _load_json(segs_path).get("segIndices")
+    segs = read_json_object(segs_path, "segment file").get("segIndices")
     if not isinstance(segs, list) or not segs:
         raise InputError(segs_path, "has no 'segIndices' list (one segment id per mesh vertex)")
     try:
         seg_ids = np.asarray(segs, dtype=np.int64)
     except (TypeError, ValueError):
         raise InputError(segs_path, "'segIndices' must hold integers") from None
-    groups = _load_json(agg_path).get("segGroups")
+    groups = read_json_object(agg_path, "aggregation file").get("segGroups")
     if not isinstance(groups, list):
         raise InputError(agg_path, "has no 'segGroups' list")
     map_path = None

@@ -156,6 +156,20 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """The JSON object in ``path``, or an InputError naming the file (unreadable, not JSON, not an object)."""
+    from sas3d.errors import InputError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable JSON file ({what}: {exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a JSON object ({what}), got {type(data).__name__}")
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     # numpy scalars/arrays and Paths turn up in configs and metrics.
     import numpy as np
