@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capability", help="capability JSON (sas3d capability) for guided / confusion fusion")
     parser.add_argument("--fusion", choices=FUSIONS,
                         help="how several teachers are combined (default: guided with --capability, else mean)")
-    parser.add_argument("--labelset", help="vocabulary for guided/linear fusion (default: the capability's classes, else scannet20)")
+    parser.add_argument("--labelset", help="vocabulary of guided / linear / confusion fusion (default scannet20); a --capability file must score all of it")
     parser.add_argument("--text-encoder", default="minilm", help="text encoder spec: minilm or clip:<model> (default minilm)")
     parser.add_argument("--frame-stride", type=int, help="use every n-th frame (default: the reader's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -168,7 +168,7 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
 
 
 def _lazy_text_encoder(spec: str, device: str):
-    """A TextEncoder that builds the real one on first use, so dense precomputed teachers never load a model."""
+    """A TextEncoder that builds the real one on first use (for its identity, its width or its embeddings)."""
     from sas3d.text.base import TextEncoder
     from sas3d.text.encoders import build_text_encoder
 
