@@ -224,3 +224,34 @@ def test_capability_records_confusion_and_resumes_old_progress(tmp_path):
     assert again[0].calls == 4 and again[1].calls == 0  # only the entries without counts are scored again
     np.testing.assert_array_equal(resumed.confusion, cap.confusion)
     np.testing.assert_array_equal(resumed.scores, cap.scores)
+
+
+def test_gaussian_lifting_offers_confusion_fusion(tmp_path):
+    """`sas3d gaussians lift --fusion confusion` goes through the same rule: on a Gaussian seen as
+    "sofa" by A and "chair" by B, B's chair wins (A's "sofa" is often a chair), where guided follows A;
+    a capability file without the confusion is refused naming it."""
+    from sas3d.gaussians.lift import combine_teachers
+    from sas3d.text.labelsets import LabelSet
+
+    class Onehot:  # class k's prompt -> e_k
+        identity = name = "onehot"
+        dim = 3
+
+        def encode(self, texts):
+            return torch.eye(3)[: len(texts)]
+
+    labels = LabelSet("tiny", ("chair", "sofa", "table"))
+    cap = Capability(["a", "b"], list(labels.classes), SCORES.numpy().astype(np.float64), confusion=CONFUSION.numpy())
+    cap.save(tmp_path / "cap.json")
+    cap = Capability.load(tmp_path / "cap.json")
+    features = [_pf([[0, 1, 0]]), _pf([[1, 0, 0]])]  # A: sofa, B: chair
+    fused = combine_teachers(features, ["a", "b"], "confusion", labels, Onehot(), cap, str(tmp_path / "cap.json"))
+    assert fused.metadata["method"] == "confusion" and int(fused.features.float().argmax()) == 0
+    guided = combine_teachers(features, ["a", "b"], "guided", labels, Onehot(), cap, str(tmp_path / "cap.json"))
+    assert int(guided.features.float().argmax()) == 1
+    old = json.loads((tmp_path / "cap.json").read_text())
+    del old["confusion"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="old.json"):
+        combine_teachers(features, ["a", "b"], "confusion", labels, Onehot(), Capability.load(tmp_path / "old.json"),
+                         str(tmp_path / "old.json"))

@@ -48,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _gaussians_and_views(p)
     p.add_argument("--teacher", action="append", required=True, metavar="SPEC", help="teacher spec (repeatable)")
     p.add_argument("--method", choices=("alpha", "centre"), default="alpha", help="lifting (default alpha)")
-    p.add_argument("--fusion", choices=("guided", "add", "linear", "mean"), default=None,
+    p.add_argument("--fusion", choices=("guided", "confusion", "add", "linear", "mean"), default=None,
                    help="how several teachers are combined (default: guided with --capability, else mean)")
-    p.add_argument("--capability", type=Path, help="capability JSON (sas3d capability) for guided fusion")
+    p.add_argument("--capability", type=Path, help="capability JSON (sas3d capability) for guided / confusion fusion")
     p.add_argument("--per-teacher-dir", type=Path, help="also write each teacher's lifted features here")
     p.add_argument("--cache", type=Path, help="folder caching per-frame teacher outputs")
     p.add_argument("--seed", type=int, default=0)
@@ -170,8 +170,8 @@ def _lift(args: argparse.Namespace) -> int:
             from sas3d.capability import Capability
 
             capability = Capability.load(args.capability)
-        elif fusion == "guided":
-            raise ConfigError("--fusion guided needs --capability cap.json (from `sas3d capability`)")
+        elif fusion in ("guided", "confusion"):
+            raise ConfigError(f"--fusion {fusion} needs --capability cap.json (from `sas3d capability`)")
         result = combine_teachers(lifted, names, fusion, get_label_set(args.labelset), encoder, capability,
                                   None if args.capability is None else str(args.capability))
     result.metadata["views"] = {"source": str(args.views), "frames": [f.stem for f in frames],

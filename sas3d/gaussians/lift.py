@@ -177,15 +177,18 @@ def combine_teachers(features: Sequence[PointFeatures], teacher_names: Sequence[
     from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
 
     class_text = encoder.encode(label_set.prompts())
-    scores = None
-    if method == "guided":
+    scores = confusion = None
+    if method in ("guided", "confusion"):
         if capability is None:
-            raise ConfigError("guided fusion needs a capability file (sas3d capability ... --out cap.json)")
+            raise ConfigError(f"{method} fusion needs a capability file (sas3d capability ... --out cap.json)")
         identities = [(pf.metadata or {}).get(TEACHER) for pf in features]
         rows = capability.bind(list(teacher_names), identities, label_set.classes, text_space_of(encoder), capability_source)
-        scores = torch.as_tensor(capability.scores_for(rows, label_set.classes), dtype=torch.float32)
+        if method == "guided":
+            scores = torch.as_tensor(capability.scores_for(rows, label_set.classes), dtype=torch.float32)
+        else:
+            confusion = torch.as_tensor(capability.confusion_for(rows, label_set.classes))
     fused = fuse_teachers(list(features), class_text, method, scores, GuidedFusionConfig(), label_set.catch_all_index,
-                          teacher_names=list(teacher_names), capability_source=capability_source)
+                          teacher_names=list(teacher_names), capability_source=capability_source, capability_confusion=confusion)
     fused.metadata["gaussians"] = features[0].metadata.get("gaussians")
     fused.metadata["lifting"] = features[0].metadata.get("fusion")
     return fused
