@@ -94,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
     capability = _load_capability(args.capability) if args.capability else None
     if len(teachers) > 1 and fusion in CAPABILITY_FUSIONS and capability is None:
         raise ConfigError(f"--fusion {fusion} needs --capability cap.json (from `sas3d capability`)")
-    if capability is not None and fusion in CAPABILITY_FUSIONS and len(teachers) > 1:  # refuse a file that does not fit before any frame is read
+    rows = None  # the capability rows of the teachers, bound (and a file that does not fit refused) before any frame is read
+    if capability is not None and fusion in CAPABILITY_FUSIONS and len(teachers) > 1:
         from sas3d.text.labelsets import get_label_set
 
         if fusion == "confusion":
             capability.require_confusion()
-        capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
-                        get_label_set(args.labelset or "scannet20").classes, encoder.identity, args.capability, specs=args.teacher)
+        rows = capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
+                               get_label_set(args.labelset or "scannet20").classes, encoder.identity, args.capability,
+                               specs=args.teacher)
 
     # One pass over the frames for all teachers: each frame's depth is decoded and its points projected once.
     fused = fuse_teachers_multiview(scene, teachers, cfg, args.device, progress=not args.no_progress)
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fusion and args.fusion != "mean":
             print(f"note: one teacher, --fusion {args.fusion} has nothing to combine; writing its mean-fused features")
     else:
-        result = _combine(fused, teachers, fusion, capability, args, encoder)
+        result = _combine(fused, fusion, capability, rows, args, encoder)
         result.metadata.setdefault("projection", to_dict(cfg))
         result.metadata["teacher_specs"] = list(args.teacher)
     result.metadata.setdefault("scene", scene.name)
@@ -136,8 +138,9 @@ def _load_capability(path: str):
     return Capability.load(path)
 
 
-def _combine(fused, teachers, fusion, capability, args, encoder):
-    """Combine per-teacher features with sas3d.fusion.guided (vocabulary from --labelset / capability)."""
+def _combine(fused, fusion, capability, rows, args, encoder):
+    """Combine per-teacher features with sas3d.fusion.guided (vocabulary: --labelset; ``rows``: the
+    teachers' capability rows, bound by :meth:`Capability.bind` for guided / confusion fusion)."""
     import numpy as np
     import torch
 
@@ -157,9 +160,7 @@ def _combine(fused, teachers, fusion, capability, args, encoder):
     catch_all = next((i for i, c in enumerate(classes) if c in CATCH_ALL), None)
 
     scores = confusion = None
-    if capability is not None and fusion in CAPABILITY_FUSIONS:
-        rows = capability.bind([getattr(t, "name", "") for t in teachers], [getattr(t, "identity", None) for t in teachers],
-                               classes, encoder.identity, args.capability, specs=args.teacher)
+    if rows is not None:
         scores = torch.from_numpy(capability.scores_for(rows, classes).astype(np.float32))
         if fusion == "confusion":
             confusion = torch.from_numpy(capability.confusion_for(rows, classes))
