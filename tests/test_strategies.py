@@ -88,6 +88,40 @@ def test_ggsd_pseudo_labels_in_the_trainer_are_the_majority_vote_of_the_ema_teac
     assert loss.requires_grad and float(loss) > 0
 
 
+class _NormalisedLookup(_Lookup):
+    """_Lookup followed by a BatchNorm whose running averages belong to some other scene."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__(rows)
+        self.bn = torch.nn.BatchNorm1d(rows.shape[1])
+        self.bn.running_mean.copy_(torch.tensor([0.0, 5.0]))  # eval mode: channel 1 never wins
+
+    def forward(self, features, coords, batch_size):
+        return self.bn(super().forward(features, coords, batch_size))
+
+
+def test_ggsd_teacher_of_a_one_scene_per_step_student_uses_the_scene_statistics():
+    """With model.norm_stats=scene the EMA teacher normalises the step's scene with its own statistics,
+    as the student did in training; its running averages (another scene's) would label every voxel 0."""
+    from sas3d.models.norm import set_model_norm_stats
+
+    cfg = load_train_config("ggsd", ["data.voxel_size=1.0", "schedule.stage1_fraction=0.0"], epochs=2)
+    scene = _scene()
+    teacher_rows = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    student = _NormalisedLookup(teacher_rows)
+    set_model_norm_stats(student, "scene")
+    ggsd = GGSD(cfg, TEXT, student)
+    batch = _batch(scene, cfg, 0, 0)
+    ggsd.loss(torch.randn(6, 2, requires_grad=True), batch, [scene], "none")
+    # brute force: batch statistics over the scene's 6 voxels keep each row's argmax (columns are +-1 after
+    # normalising), then the majority vote per superpoint: {0,1,2} -> 1, {3,4,5} -> 0
+    points = batch.parts[0].voxel_to_point[batch.parts[0].self_rows.numpy()]
+    assert ggsd.last_labels[0].tolist() == np.where(scene.superpoints[points] == 0, 1, 0).tolist()
+    set_model_norm_stats(ggsd.teacher.model, "running")  # the papers' inference normalisation: all 0
+    ggsd.loss(torch.randn(6, 2, requires_grad=True), batch, [scene], "none")
+    assert ggsd.last_labels[0].tolist() == [0] * len(points)
+
+
 def test_trainer_class_balanced_distillation_loss_equals_an_independent_computation(tmp_path):
     """loss.balance=class: the trainer's pixel-point term equals sum_i w_i (1 - cos) with w from the
     targets' classes (argmax over the text), computed here from the batch alone; none is the plain mean."""

@@ -301,3 +301,18 @@ def test_ema_teacher_averages_weights_and_batchnorm_statistics():
     assert torch.allclose(t[1].running_mean, 0.75 * mean0 + 0.25 * student[1].running_mean)
     assert not torch.allclose(t[1].running_mean, student[1].running_mean)
     assert int(t[1].num_batches_tracked) == int(student[1].num_batches_tracked) == 1
+
+
+def test_one_scene_per_step_students_normalise_with_the_scene_statistics(dataset, tmp_path):
+    """model.norm_stats=auto: a student whose every step held one scene is stored with norm_stats=scene
+    (sas3d.models.norm); one trained on two scenes per step keeps the running averages."""
+    from sas3d.models.checkpoint import load_checkpoint
+    from sas3d.models.norm import model_norm_stats
+
+    _train(dataset, tmp_path / "one", _cfg(dataset, "openscene", epochs=1, extra=["optim.batch_size=1"]))
+    _train(dataset, tmp_path / "two", _cfg(dataset, "openscene", epochs=1))  # batch 2 of the 2 scenes
+    assert model_norm_stats(load_checkpoint(tmp_path / "one" / "last.safetensors")[0]) == "scene"
+    assert model_norm_stats(load_checkpoint(tmp_path / "two" / "last.safetensors")[0]) == "running"
+    forced = _cfg(dataset, "openscene", epochs=1, extra=["optim.batch_size=1", "model.norm_stats=running"])
+    _train(dataset, tmp_path / "forced", forced)
+    assert model_norm_stats(load_checkpoint(tmp_path / "forced" / "last.safetensors")[0]) == "running"

@@ -22,6 +22,7 @@ POINT_TARGETS = ("fused", "superpoint")
 BALANCE = ("none", "class", "superpoint", "cluster")
 INPUTS = ("ones", "rgb")
 SAMPLING = ("uniform", "class")
+NORM_STATS = ("auto", "running", "scene")  # sas3d.models.norm
 
 
 @dataclass
@@ -32,6 +33,11 @@ class ModelConfig:
     in_channels: int | None = None  # None: what data.input feeds (SAS supp.: constant ones, 1 channel; rgb: 3)
     out_channels: int | None = None  # None: the width of the fused features (= text space)
     options: dict[str, Any] = field(default_factory=dict)  # extra build_model keyword arguments
+    # BatchNorm statistics at inference (sas3d.models.norm; stored in the checkpoint). "running": the
+    # running averages (MinkowskiEngine, the papers' batches of 12). "scene": each scene's own, which is
+    # what every training step used when it held one scene. "auto": scene when the global batch is one
+    # scene, else running.
+    norm_stats: str = "auto"
 
 
 @dataclass
@@ -211,7 +217,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.tesd.point_label not in ("superpoint", "point"):
         raise ConfigError(f"tesd.point_label must be 'superpoint' or 'point', got {cfg.tesd.point_label!r}")
     for name, value, allowed in (("loss.balance", cfg.loss.balance, BALANCE), ("data.input", cfg.data.input, INPUTS),
-                                 ("data.sampling", cfg.data.sampling, SAMPLING)):
+                                 ("data.sampling", cfg.data.sampling, SAMPLING), ("model.norm_stats", cfg.model.norm_stats, NORM_STATS)):
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
     expected_in = 3 if cfg.data.input == "rgb" else 1

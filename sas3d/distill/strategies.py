@@ -25,6 +25,7 @@ from sas3d.distill.config import TrainConfig
 from sas3d.distill.data import SceneData
 from sas3d.distill.history import TESDHistory
 from sas3d.distill.rows import StepPredictions
+from sas3d.models.norm import forward_with_norm_stats
 
 
 def pseudo_label_weights(part: ScenePart, labels: torch.Tensor, balance: str, sp_labels: torch.Tensor | None = None
@@ -165,7 +166,10 @@ class GGSD:
             self.teacher = EMATeacher(self.student, self.cfg.ggsd.momentum)
         text = self.text.to(pred.device)
         with torch.no_grad():
-            t_out = self.teacher.model(batch.features.to(pred.device), batch.coords.to(pred.device), batch.batch_size)
+            # normalised as the student is at inference (sas3d.models.norm: a one-scene-per-step student's
+            # running averages are another scene's statistics)
+            t_out = forward_with_norm_stats(self.teacher.model, batch.features.to(pred.device), batch.coords.to(pred.device),
+                                            batch.batch_size)
             labels = L.text_logits(t_out.float(), text, 1.0).argmax(dim=1)
         terms, self.last_labels = [], []
         for part in batch.parts:

@@ -97,12 +97,12 @@ class Trainer:
         self.teacher_identities = sorted({t for s in self.scenes for t in s.teacher_identities})
         self.simulated = any("simulated" in t for t in self.teachers)  # a student of simulated teachers is simulated
         self.val_scenes = self._load_val_scenes(val_scenes) if self.dist.is_main else []
-        self.model, self.net = self._build_model()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         # the global batch is split evenly over the ranks (each rank's loss is a mean over its scenes)
         world = self.dist.world_size
         batch = max(world, (min(cfg.optim.batch_size, len(self.scenes)) // world) * world)
         self.plan = EpochPlan(len(self.scenes), batch, world, cfg.seed)
+        self.model, self.net = self._build_model()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.strategy = build_strategy(cfg, self.text, self.model, self.out, self.plan)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
@@ -158,6 +158,7 @@ class Trainer:
 
     def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         from sas3d.models.inputs import set_model_input
+        from sas3d.models.norm import resolve_norm_stats, set_model_norm_stats
         from sas3d.models.registry import build_model
 
         cfg = self.cfg
@@ -168,6 +169,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model.name, in_channels=cfg.model.in_channels, out_channels=out_channels, **cfg.model.options)
         set_model_input(model, cfg.data.input)
+        # BatchNorm sees the global batch (synchronised over ranks): one scene per step -> scene statistics
+        try:
+            set_model_norm_stats(model, resolve_norm_stats(cfg.model.norm_stats, self.plan.global_batch))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         model = model.to(self.device)
         if not self.dist.active:
             return model, model

@@ -77,10 +77,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise InputError(path, "not a sas3d model checkpoint (metadata has no 'model' entry)")
     name = spec.pop("name")
     input_mode = spec.pop("input", "ones")  # what the student sees per voxel (sas3d.models.inputs)
+    norm_stats = spec.pop("norm_stats", "running")  # inference BatchNorm statistics (sas3d.models.norm)
     model = build_model(name, **spec)
     from sas3d.models.inputs import set_model_input
+    from sas3d.models.norm import set_model_norm_stats
 
     set_model_input(model, input_mode)
+    try:
+        set_model_norm_stats(model, norm_stats)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from exc
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights, strict=True)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from sas3d.geometry.voxel import batch_coords, voxelize
 from sas3d.models.inputs import model_input, voxel_input
+from sas3d.models.norm import forward_with_norm_stats
 
 
 @torch.no_grad()
@@ -18,8 +19,9 @@ def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_siz
 
     Voxelises the points, feeds the voxel input the student was trained with (constant ones, or the
     voxels' mean colour; see :mod:`sas3d.models.inputs`), copies each voxel's output to its points and
-    L2-normalises the rows. The model is put in eval mode (BatchNorm running statistics) and restored
-    to its previous mode afterwards.
+    L2-normalises the rows. The model is put in eval mode and restored to its previous mode
+    afterwards; BatchNorm uses the statistics the student's spec names (:mod:`sas3d.models.norm`:
+    the running averages, or the scene's own for a student trained one scene per step).
     """
     pts = np.asarray(points, dtype=np.float32)
     vox = voxelize(pts, voxel_size)
@@ -31,7 +33,7 @@ def predict_point_features(model: torch.nn.Module, points: np.ndarray, voxel_siz
     was_training = model.training
     model.eval()
     try:
-        out = model(feats, coords, 1)
+        out = forward_with_norm_stats(model, feats, coords, 1)
     finally:
         model.train(was_training)
     per_point = out.float()[torch.as_tensor(vox.point_to_voxel, device=out.device)]
