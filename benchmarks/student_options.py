@@ -4,7 +4,10 @@ The SAS student (superpoint distillation, then TESD) is distilled **in place** o
 2D features an earlier run wrote, and scored on the same scans (labels only for scoring), once per
 option set: the papers' student (``none``: geometry-only input, unweighted losses) and each of the
 ``loss.balance`` / ``data.input`` / ``data.sampling`` / ``loss.target_ce`` options alone and together.
-Every row prints mIoU, the guided-2D mIoU of the same scans, and the per-class IoU of the small and
+Every row prints mIoU (``3D``: after TESD, ``+SP``: after stage 1, each also with BatchNorm's running
+averages, ``rBN``, instead of the scene's own statistics that ``model.norm_stats: auto`` picks for
+these one-scene-per-step students; see ``sas3d.models.norm``), the guided-2D mIoU of the same scans,
+the 2D-3D ensemble, and the per-class IoU of the small and
 wall-embedded classes; a class is *lost* when guided 2D gets >= 50 IoU on it and the student < 80 %
 of that. Teachers are SIMULATED (their fused features come from the runs named below).
 
@@ -66,6 +69,7 @@ def run_option(scans: list[Path], fused: Path, out: Path, epochs: int, extra: li
     from sas3d.distill.trainer import train
     from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
     from sas3d.models.checkpoint import load_checkpoint
+    from sas3d.models.norm import set_model_norm_stats
 
     common = [f"data.voxel_size={DEMO_VOXEL}", f"optim.lr={DEMO_LR}", f"optim.final_lr={DEMO_FINAL_LR}", "optim.batch_size=1",
               f"model.options={{planes: {DEMO_PLANES}, init_dim: {DEMO_PLANES[0]}}}", "schedule.keep_checkpoints=1",
@@ -80,13 +84,18 @@ def run_option(scans: list[Path], fused: Path, out: Path, epochs: int, extra: li
     seconds = time.perf_counter() - start
     scenes = [load_scene(s) for s in scans]
 
-    def scores(mode: str, checkpoint: Path | None) -> dict:
+    def scores(mode: str, checkpoint: Path | None, norm_stats: str | None = None) -> dict:
         model = None if checkpoint is None else load_checkpoint(checkpoint)[0]
+        if norm_stats is not None:  # override what training stored (sas3d.models.norm)
+            set_model_norm_stats(model, norm_stats)
         m = evaluate_scenes(scenes, EvalConfig(mode=mode), model=model, voxel_size=cfg.data.voxel_size, fused_dir=fused, progress=False)
         return {"miou": float(m.metrics["miou"]),
                 "per_class": {c: float(m.metrics["iou"][i]) for i, c in enumerate(m.classes) if m.metrics["present"][i]}}
 
     return {"stage1": scores("distill", out / "stage1.safetensors"), "final": scores("distill", out / "last.safetensors"),
+            # the same students normalised with BatchNorm's running averages (the papers' inference)
+            "stage1_running": scores("distill", out / "stage1.safetensors", "running"),
+            "final_running": scores("distill", out / "last.safetensors", "running"),
             "ensemble": scores("ensemble", out / "last.safetensors"), "guided": scores("fusion", None),
             "seconds": seconds, "set": extra, "epochs": epochs, "steps": epochs * len(scans)}
 
@@ -111,7 +120,8 @@ def main() -> int:
             print(f"\n{name}: no run in {folder} (see this file's docstring for the command that makes it); skipped")
             continue
         print(f"\n{name}: {', '.join(s.name for s in scans)}, {epochs} epochs ({epochs * len(scans)} steps)")
-        head = f"{'option':<40}{'3D':>6}{'+SP':>6}{'2D':>6}{'ens':>6}  " + "".join(f"{c[:9]:>10}" for c in SMALL) + "  lost"
+        head = (f"{'option':<40}{'3D':>6}{'+SP':>6}{'3D rBN':>8}{'+SP rBN':>8}{'2D':>6}{'ens':>6}  "
+                + "".join(f"{c[:9]:>10}" for c in SMALL) + "  lost")
         print(head)
         for option in args.options:
             out = args.out / name / option.replace(" ", "").replace("+", "_").replace("=", "-").replace("'", "")
@@ -124,10 +134,11 @@ def main() -> int:
             f, g = r["final"], r["guided"]
             cells = "".join(f"{100 * f['per_class'][c]:>10.1f}" if c in f["per_class"] else f"{'-':>10}" for c in SMALL)
             gone = classes_lost(f["per_class"], g["per_class"])
-            print(f"{option:<40}{100 * f['miou']:>6.1f}{100 * r['stage1']['miou']:>6.1f}{100 * g['miou']:>6.1f}"
+            running = [f"{100 * r[k]['miou']:>8.1f}" if k in r else f"{'-':>8}" for k in ("final_running", "stage1_running")]
+            print(f"{option:<40}{100 * f['miou']:>6.1f}{100 * r['stage1']['miou']:>6.1f}{''.join(running)}{100 * g['miou']:>6.1f}"
                   f"{100 * r['ensemble']['miou']:>6.1f}  {cells}  {', '.join(gone) if gone else 'none'}", flush=True)
         g = r["guided"]["per_class"]
-        print(f"{'(guided 2D per class)':<66}" + "".join(f"{100 * g[c]:>10.1f}" if c in g else f"{'-':>10}" for c in SMALL))
+        print(f"{'(guided 2D per class)':<82}" + "".join(f"{100 * g[c]:>10.1f}" if c in g else f"{'-':>10}" for c in SMALL))
     return 0
 
 
