@@ -319,3 +319,29 @@ def test_capability_cli_with_simulated_teacher(tmp_path, capsys):
     assert main(argv) == 0  # everything already scored: served from progress.json, same result
     assert json.loads(out.read_text())["scores"] == json.loads(first)["scores"]
     assert main(argv[:-3] + ["--set", "procedural_size=32", "--vocabulary", "indoor", "--no-progress"]) == 1  # other setup
+
+
+def test_bind_accepts_a_vocabulary_without_the_catch_all():
+    """SAS gives the catch-all class no capability, so a file from the ``indoor`` vocabulary (ScanNet20
+    without otherfurniture, what the pipeline and benchmarks score) binds to a ScanNet20 fusion: the
+    catch-all gets 0 as if scored (before: refused with "no score for ['otherfurniture']", which broke
+    ``sas3d fuse`` / ``sas3d gaussians lift`` and benchmarks/gaussians.py on the default vocabulary). Any other
+    unscored class is still refused."""
+    from sas3d.capability.capability import resolve_vocabulary
+    from sas3d.errors import InputError
+    from sas3d.text.labelsets import get_label_set
+
+    indoor, scannet = resolve_vocabulary("indoor").classes, get_label_set("scannet20").classes
+    assert "otherfurniture" not in indoor and set(scannet) - set(indoor) == {"otherfurniture"}  # indoor also has ceiling
+    scores = np.linspace(0.1, 0.9, 2 * len(indoor)).reshape(2, len(indoor))
+    cap = Capability(["a", "b"], list(indoor), scores, {})
+    rows = cap.bind(["b", "a"], [None, None], scannet, None)
+    assert rows == ["b", "a"]
+    got = cap.scores_for(rows, scannet)
+    expected = np.array([[scores[t, indoor.index(c)] if c in indoor else 0.0 for c in scannet] for t in (1, 0)])
+    np.testing.assert_array_equal(got, expected)
+    assert got[:, scannet.index("otherfurniture")].tolist() == [0.0, 0.0]
+    without_chair = [c for c in indoor if c != "chair"]
+    cap = Capability(["a", "b"], without_chair, scores[:, : len(without_chair)], {})
+    with pytest.raises(InputError, match=r"no score for \['chair'\]"):
+        cap.bind(["a", "b"], [None, None], scannet, None)

@@ -116,6 +116,45 @@ def test_lift_centre_projection_uses_the_rendered_depth_test():
     np.testing.assert_array_equal(pf.features[2].float().numpy(), fmap[4, 6])  # u = 20 * 0.1 + 4, v = 20 * 0.05 + 3
 
 
+def test_lift_skips_pixels_without_a_prediction():
+    """An all-zero map cell (a mask teacher with no mask there) is no prediction, as in point fusion:
+    alpha lifting gives its pixels no weight (hand-computed mean over the predicting pixels only), and
+    a Gaussian that only such pixels reach is unseen, not a seen Gaussian with a zero feature."""
+    f, sigma = 20.0, 0.05
+    k = np.array([[f, 0, 4.0], [0, f, 3.0], [0, 0, 1]])
+    # Gaussian 0 at pixel (4, 3); Gaussian 1 far to the right at pixel (4 + 20 * 0.15, 3) = (7, 3), no overlap
+    gs = GaussianScene("two", np.array([[0, 0, 1.0], [0.15, 0, 1.0]], np.float32), np.full((2, 3), 0.01, np.float32),
+                       np.array([[1, 0, 0, 0], [1, 0, 0, 0]], np.float32), np.array([0.6, 0.8], np.float32), np.zeros((2, 3), np.float32))
+    width, height = 9, 7
+    fmap = np.zeros((height, width, 3), np.float32)
+    fmap[3, 4] = [1.0, 2.0, -1.0]  # Gaussian 0's own pixel predicts; its neighbours do not
+    fmap[3, 3] = [3.0, 0.0, 1.0]   # one neighbour (left) predicts too
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    s2 = (f * 0.01 / 1.0) ** 2 + 0.3
+    d2 = (u - 4.0) ** 2 + (v - 3.0) ** 2
+    a0 = np.minimum(0.99, 0.6 * np.exp(-0.5 * d2 / s2))
+    a0 = np.where((d2 / s2 <= 9) & (a0 >= 1 / 255), a0, 0.0)
+    assert (a0 > 0).sum() > 2  # Gaussian 0 also covers pixels without a prediction
+    predicts = np.abs(fmap).max(-1) > 0
+    expected0 = (a0[..., None] * fmap)[predicts].sum(0) / a0[predicts].sum()
+    cfg = LiftConfig(method="alpha", projection=ProjectionConfig(border_margin=0))
+    pf = lift_maps(gs, [(_frame(k, width=width, height=height), fmap)], cfg, progress=False)
+    np.testing.assert_allclose(pf.features[0].float().numpy(), expected0, rtol=2e-3, atol=2e-3)
+    assert pf.seen.tolist() == [True, False]
+    np.testing.assert_array_equal(pf.features[1].float().numpy(), 0.0)
+
+    # centre projection: a view whose pixel holds no prediction is not a view (mean over the others)
+    fmap2 = np.full((height, width, 3), 5.0, np.float32)
+    cfg = LiftConfig(method="centre", projection=ProjectionConfig(border_margin=0, depth_threshold=0.25))
+    pf = lift_maps(gs, [(_frame(k, width=width, height=height, name="0"), fmap),
+                        (_frame(k, width=width, height=height, name="1"), fmap2)], cfg, progress=False)
+    assert pf.seen.tolist() == [True, True]
+    np.testing.assert_array_equal(pf.features[0].float().numpy(), (fmap[3, 4] + fmap2[3, 4]) / 2)
+    np.testing.assert_array_equal(pf.features[1].float().numpy(), fmap2[3, 7])  # its pixel in view 0 predicts nothing
+    pf = lift_maps(gs, [(_frame(k, width=width, height=height), fmap)], cfg, progress=False)
+    assert pf.seen.tolist() == [True, False]
+
+
 def test_rendered_mesh_gaussians_cover_what_the_mesh_covers():
     """Face Gaussians of a tilted plane mesh render where the triangle rasteriser sees the surface."""
     from sas3d.gaussians.from_mesh import gaussians_from_mesh

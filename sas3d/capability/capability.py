@@ -157,14 +157,16 @@ class Capability:
         Rows are bound by identity only, never by position (another --teacher order would swap them): a
         row is the one named by the teacher's name, or by its spec (``specs``: files written by older
         versions stored specs), and where the file records the row's identity it must be the teacher's.
-        The file must score every class of ``classes`` and be measured in ``text_space``. Every refusal
-        is an InputError naming ``path`` and both sides.
+        The file must score every class of ``classes`` but the catch-all (SAS gives it no capability:
+        :func:`compute_capability` scores it 0, and a vocabulary such as ``indoor`` does not list it;
+        :meth:`scores_for` / :meth:`confusion_for` give an unscored class 0 / no evidence) and be
+        measured in ``text_space``. Every refusal is an InputError naming ``path`` and both sides.
         """
         where = Path(path) if path is not None else None
         if text_space is not None and self.text_space is not None and self.text_space != text_space:
             raise InputError(where, f"the capability scores were measured in the text space {self.text_space!r}, but the "
                                     f"fusion's text encoder is {text_space!r}; score the teachers again with that --text-encoder")
-        missing = [c for c in classes if c not in self.classes]
+        missing = [c for c in classes if c not in self.classes and c not in CATCH_ALL]
         if missing:
             more = " ..." if len(missing) > 6 else ""
             raise InputError(where, f"scores classes {self.classes[:6]}{' ...' if len(self.classes) > 6 else ''}, not the fusion "

@@ -15,7 +15,10 @@ Two ways to lift one teacher's (h, w, C) maps over the posed views (SAS Tab. 5 /
 
 Both read a map of any resolution at the frame's pixel centres with the nearest-exact convention of
 point fusion (:func:`sas3d.fusion.multiview.map_rows`) and skip the projection config's border
-margin. The result is a :class:`~sas3d.fusion.features.PointFeatures` with one row per Gaussian, so
+margin. As in point fusion (:mod:`sas3d.fusion.multiview`, "Validity"), a map cell that is zero in
+every channel holds no prediction (a mask teacher without a mask there): its pixels add neither
+feature nor weight, so a Gaussian's feature is the mean over the pixels / views that predict, and a
+Gaussian reached only by such pixels is unseen. The result is a :class:`~sas3d.fusion.features.PointFeatures` with one row per Gaussian, so
 per-teacher results go through :func:`sas3d.fusion.guided.fuse_teachers` unchanged (same
 capability scores, same Eq. 6-8) -- see :func:`combine_teachers`.
 """
@@ -90,14 +93,18 @@ class _Lifter:
         n = self.gaussians.num_gaussians
         if self.total is None:
             self.total = np.zeros((n, table.shape[1]), dtype=np.float32)
+        predicts = np.abs(table).max(axis=1) > 0  # an all-zero map cell is no prediction (module docstring)
         if self.cfg.method == "alpha":
             rows = pixel_rows(frame, map_width, map_height, self.cfg.projection.border_margin)
+            rows = np.where((rows >= 0) & predicts[np.maximum(rows, 0)], rows, -1)
             lift_accumulate(projected, table, rows, self.total, self.weight)
             return
         _, _, depth = composite(projected, np.zeros((n, 1), np.float32))
         point_idx, pixel_idx = project_points(self.centres, frame, torch.from_numpy(depth), self.cfg.projection)
         rows = map_rows(pixel_idx, int(frame.width), int(frame.height), map_width, map_height).numpy()
         idx = point_idx.numpy()
+        keep = predicts[rows]
+        idx, rows = idx[keep], rows[keep]
         self.total[idx] += table[rows]  # project_points lists each point at most once
         self.weight[idx] += 1.0
 
