@@ -69,14 +69,44 @@ def test_scene_statistics_give_the_training_forward_and_leave_the_running_averag
     assert (got - running).abs().max() > 1e-2
 
 
-def test_scene_statistics_context_restores_modes_after_an_error():
+def test_scene_statistics_context_restores_the_modules_after_an_error():
     model = _trained_model().eval()
+    x = torch.randn(50, 8) * 3 + 1
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
     with pytest.raises(RuntimeError):
         with scene_statistics(model):
-            bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
-            assert bn.training and not bn.track_running_stats
+            # batch statistics: each channel comes out with zero mean and unit (biased) variance, before the affine map
+            out = (bn(x) - bn.bias) / bn.weight
+            assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-4) and torch.allclose(out.var(0, unbiased=False), torch.ones(8), atol=1e-3)
             raise RuntimeError("boom")
-    assert all(not m.training and m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert "forward" not in bn.__dict__ and not bn.training
+    assert torch.allclose(bn(x), torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
+
+
+def test_scene_statistics_never_synchronise_a_synchronised_batch_norm(monkeypatch):
+    """Inference on one rank (e.g. rank 0 validating) must not wait for the other ranks."""
+    from sas3d.distill import distributed
+
+    model = _trained_model()
+    distributed.sync_batchnorm(model, torch.device("cpu"))
+    assert any(isinstance(m, distributed.SyncBatchNormCPU) for m in model.modules())
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda *a, **k: pytest.fail("inference synchronised with other ranks"))
+    set_model_norm_stats(model, "scene")
+    points = _scene(0)
+    assert torch.allclose(predict_point_features(model, points, VOXEL), _per_point(_plain(model), points, train_mode=True), atol=1e-5)
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with every synchronised BatchNorm turned back into a plain one (same buffers)."""
+    from sas3d.distill.distributed import SyncBatchNormCPU
+
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if isinstance(m, SyncBatchNormCPU):
+            m.__class__ = torch.nn.BatchNorm1d
+    return out
 
 
 def test_norm_stats_auto_follows_the_scenes_per_step():

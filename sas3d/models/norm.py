@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -54,20 +55,26 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Bat
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
+def _with_batch_statistics(norm: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm`` applied with the statistics of ``x`` alone: no running buffers read or written, and no
+    synchronisation with other ranks (a synchronised BatchNorm would wait for ranks that are not
+    running inference)."""
+    return torch.nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+
+
 @contextmanager
 def scene_statistics(model: torch.nn.Module) -> Iterator[None]:
-    """Inside: every BatchNorm of ``model`` normalises with the statistics of its input batch and
-    leaves its running buffers (and batch counter) untouched; the rest of the model is as it was."""
+    """Inside: every BatchNorm of ``model`` (synchronised ones included) normalises with the statistics
+    of its input batch and leaves its running buffers and batch counter untouched; outside, the
+    modules are as they were."""
     norms = _batch_norms(model)
-    saved = [(m.training, m.track_running_stats) for m in norms]
     try:
         for m in norms:
-            # training + no tracking: torch uses the batch statistics and passes no running buffers
-            m.training, m.track_running_stats = True, False
+            m.forward = partial(_with_batch_statistics, m)  # an instance attribute shadows the class's forward
         yield
     finally:
-        for m, (training, tracking) in zip(norms, saved):
-            m.training, m.track_running_stats = training, tracking
+        for m in norms:
+            m.__dict__.pop("forward", None)
 
 
 def forward_with_norm_stats(model: torch.nn.Module, *args: torch.Tensor | int) -> torch.Tensor:
