@@ -19,13 +19,13 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
    2D features, which both students are distilled from, so the proposals favour neither student
    (proposals from one student's own features would entangle proposal quality with that labeller);
    the others (default: the SAS student's features) are reported as extra rows.
-3. ScanNet instance AP (mAP over IoU 0.50:0.90, AP50, AP25; 18 classes, >= 100 vertices) per split, over the
-   held-out rooms, with two checks computed from this run: SAS student >= OpenScene student, and
+3. ScanNet instance AP (mAP over IoU 0.50:0.90, AP50, AP25; 18 classes, >= 100 vertices) for each split
+   (in place, held out), with two checks computed from this run per split: SAS student >= OpenScene student, and
    built-in proposals >= 50 % of the ground-truth-proposal AP50 with the same labeller.
-4. A picture of a labelled room (ground-truth instances | built-in proposals labelled by the SAS
-   student) and report.json under ``--out``.
+4. A picture of the first in-place room (ground-truth instances | built-in proposals labelled by fused
+   2D | by the SAS student) and report.json under ``--out``.
 
-    .venv/bin/python benchmarks/instances.py [--rooms 3] [--val-rooms 3] [--epochs 40] [--out runs/bench_instances]
+    .venv/bin/python benchmarks/instances.py [--rooms 3] [--val-rooms 3] [--epochs 60] [--out runs/bench_instances]
     .venv/bin/python benchmarks/instances.py --epochs 4      # quick check
 """
 
