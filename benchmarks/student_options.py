@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -38,6 +39,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# tqdm reads TQDM_* once, when first imported (the sas3d imports below import it): set it before them
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from sas3d.commands.demo import DEMO_FINAL_LR, DEMO_LR, DEMO_PLANES, DEMO_VOXEL  # noqa: E402
 from sas3d.pipeline.report import classes_lost  # noqa: E402
@@ -108,9 +112,6 @@ def main() -> int:
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS), metavar="OPTION")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_student_options"))
     args = parser.parse_args()
-    import os
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
     print("benchmarks/student_options.py: in-place SAS student per option, SIMULATED teachers, labels only for scoring")
     for name in args.datasets:
         folder, pattern, epochs = DATASETS[name]
