@@ -12,7 +12,7 @@ from sas3d.errors import ConfigError, InputError
 from sas3d.fusion.features import PointFeatures
 from sas3d.fusion.guided import fuse_teachers
 from sas3d.text.encoders import centred_identity, text_space_for_spec
-from tests.test_trainer import TINY_MODEL, make_scene
+from tests.test_trainer import TINY_MODEL, make_dataset
 
 MINILM = text_space_for_spec("minilm")
 
@@ -57,18 +57,13 @@ def test_fusion_refuses_teachers_from_two_text_spaces_and_records_identities():
 @pytest.fixture(scope="module")
 def fused_scenes(tmp_path_factory):
     """Two tiny scenes whose fused files record the MiniLM space and a teacher identity."""
-    root = tmp_path_factory.mktemp("identity")
-    fused = root / "fused"
-    fused.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    text = torch.nn.functional.normalize(torch.randn(20, 384, generator=gen), dim=1)
-    scenes = [make_scene(root, f"scene{i:04d}_00", i, text, fused) for i in range(2)]
-    for s in scenes:
-        path = fused / f"{s.name}.safetensors"
+    data = make_dataset(tmp_path_factory.mktemp("identity"), 384)
+    for s in data["scenes"]:
+        path = data["fused"] / f"{s.name}.safetensors"
         pf = PointFeatures.load(path)
         pf.metadata.update({"text_space": MINILM, "teacher_identity": "precomputed:lseg"})
         pf.save(path)
-    return {"root": root, "fused": fused, "text": text, "scenes": scenes}
+    return data
 
 
 def _train(fused_scenes, out, encoder="minilm"):

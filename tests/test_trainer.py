@@ -58,15 +58,19 @@ def make_scene(root: Path, name: str, seed: int, text: torch.Tensor, fused_dir: 
     return folder
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
+def make_dataset(root: Path, dim: int) -> dict:
+    """Two scenes of :func:`make_scene` with random unit text features of width ``dim`` (seeded)."""
     fused = root / "fused"
     fused.mkdir()
     gen = torch.Generator().manual_seed(0)
-    text = torch.nn.functional.normalize(torch.randn(20, 32, generator=gen), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(20, dim, generator=gen), dim=1)
     scenes = [make_scene(root, f"scene{i:04d}_00", i, text, fused) for i in range(2)]
     return {"root": root, "fused": fused, "text": text, "scenes": scenes, "sp_cache": root / "spcache"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("scenes"), 32)
 
 
 def _cfg(dataset, recipe="sas", epochs=3, extra=()):

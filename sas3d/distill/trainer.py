@@ -170,10 +170,7 @@ class Trainer:
         model = build_model(cfg.model.name, in_channels=cfg.model.in_channels, out_channels=out_channels, **cfg.model.options)
         set_model_input(model, cfg.data.input)
         # BatchNorm sees the global batch (synchronised over ranks): one scene per step -> scene statistics
-        try:
-            set_model_norm_stats(model, resolve_norm_stats(cfg.model.norm_stats, self.plan.global_batch))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        set_model_norm_stats(model, resolve_norm_stats(cfg.model.norm_stats, self.plan.global_batch))  # value checked by validate()
         model = model.to(self.device)
         if not self.dist.active:
             return model, model
