@@ -21,6 +21,15 @@ TEACHER = "teacher_identity"  # per-teacher fused features: the teacher's identi
 TEACHERS = "teacher_identities"  # combined features, capability files, checkpoints: one per teacher
 
 
+def teacher_identities_of(metadata: dict[str, Any] | None) -> list[str]:
+    """The teacher identities an artefact records: its list (combined features, checkpoints), its one
+    teacher (per-teacher fused features), or none (an older artefact)."""
+    meta = metadata or {}
+    if meta.get(TEACHERS):
+        return [str(t) for t in meta[TEACHERS]]
+    return [str(meta[TEACHER])] if meta.get(TEACHER) else []
+
+
 def text_space_of(encoder: Any) -> str:
     """The identity of ``encoder``'s text space (its ``identity``, else its name)."""
     return str(getattr(encoder, "identity", None) or getattr(encoder, "name", None) or type(encoder).__name__)

@@ -18,7 +18,7 @@ import torch
 
 from sas3d.distill.config import DataConfig
 from sas3d.errors import InputError
-from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE
+from sas3d.identity import TEXT_SPACE, teacher_identities_of
 from sas3d.geometry.superpoints import scene_superpoints
 from sas3d.scene.types import Scene
 
@@ -167,7 +167,7 @@ def load_scene_data(scene_dir: str | Path, fused_dir: str | Path, cfg: DataConfi
         fused_path=fused_path,
         labels=None if scene.labels is None else np.asarray(scene.labels, dtype=np.int64),
         teachers=tuple(str(t) for t in fused.metadata.get("teachers", ())),
-        teacher_identities=tuple(str(t) for t in fused.metadata.get(TEACHERS, [fused.metadata[TEACHER]] if TEACHER in fused.metadata else [])),
+        teacher_identities=tuple(teacher_identities_of(fused.metadata)),
         text_space=fused.metadata.get(TEXT_SPACE),
         colors=None if scene.colors is None else np.asarray(scene.colors, dtype=np.uint8),
         group_basis=basis,

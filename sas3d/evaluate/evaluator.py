@@ -143,7 +143,7 @@ def evaluate_scenes(
 
     from sas3d.evaluate.predict import predict_3d
     from sas3d.query.similarity import DEFAULT_VOXEL_SIZE, load_point_features
-    from sas3d.identity import TEACHER, TEACHERS, TEXT_SPACE, check_text_space, text_space_of
+    from sas3d.identity import TEXT_SPACE, check_text_space, teacher_identities_of, text_space_of
     from sas3d.text.encoders import build_text_encoder, text_space_for_spec
 
     if cfg.mode not in MODES:
@@ -179,7 +179,7 @@ def evaluate_scenes(
             path = find_fused_file(Path(fused_dir), scene.name)  # type: ignore[arg-type]
             fused = load_point_features(path, scene)
             check_text_space(fused.metadata.get(TEXT_SPACE), space, path, "the fused features")
-            teachers.update(fused.metadata.get(TEACHERS) or ([fused.metadata[TEACHER]] if TEACHER in fused.metadata else []))
+            teachers.update(teacher_identities_of(fused.metadata))
             _check_dim(fused.dim, ct, "fused features", path)
         if cfg.mode == "distill":
             pred = classify(feat3d, ct.embeddings, to_class=ct.to_class)
