@@ -25,7 +25,13 @@ PNG decode 3.5-3.8 (PIL, zlib), projection 2.6 (numba, sequential), row adds 15-
 per visible point, ~40k per frame, a cold 2 KiB map row and a 2 KiB sum row read and written; the
 first line of each cold row was the top stall, hence the prefetch), the final divide + float16
 conversion ~0.1-0.3 s once. Two threads share the row adds (the caller's thread after it decoded
-and projected the next frame), so a second teacher costs its row adds only.
+and projected the next frames), so a second teacher costs its row adds only. Half of the row-add
+time was the sum rows (19.5 vs 10 ms per frame with the sums kept in cache), so the adds of
+``FusionConfig.frame_group`` frames run as one pass over the points (13 ms per frame with 4).
+
+Memory: the pool's maps are shared, so the peak reported here does not include the maps a real
+teacher produces frame after frame; with those, up to two groups of frames' maps are alive (the
+line "maps alive" prints that bound for these maps).
 
     .venv/bin/python benchmarks/fusion.py [--frames 200] [--points 200000] [--dim 512]
 """
@@ -48,6 +54,13 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "7scenes_redkitchen"
 MAP_H, MAP_W = 240, 320  # OpenScene feature resolution for 640x480 frames
 MAX_FP16_DIFF = 0.0  # same float32 additions in the same order, same divide: bit-identical
+
+
+def torch_zeros_like_bytes(nbytes: int):
+    """A stand-in with the byte size of one map (``_group_size`` reads numel and element size only)."""
+    import torch
+
+    return torch.empty(1).expand(nbytes // 4)  # no memory behind it
 
 
 def seven_scenes_frames(root: Path, count: int):
@@ -209,8 +222,8 @@ def main() -> None:
     points = build_points(seven_scenes_frames(DATA, 10**6), args.points, args.seed)
     n = len(points)
     print(f"7-Scenes redkitchen: {n} points, {len(frames)} frames, maps {MAP_H}x{MAP_W}x{args.dim} float32, "
-          f"torch threads {args.threads} (ours: numba kernels; the caller's thread decodes depth and projects frame i + 1 "
-          f"while a background thread adds frame i's rows, then helps it), load average {os.getloadavg()[0]:.2f}")
+          f"torch threads {args.threads} (ours: numba kernels; the caller's thread decodes depth and projects the next "
+          f"group of frames while a background thread adds this group's rows, then helps it), load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         points_file = os.path.join(tmp, "points.npy")
         np.save(points_file, points)
@@ -237,6 +250,14 @@ def main() -> None:
     print(f"ours peak memory growth: {small} frames {ours_small['peak_growth_mib']:.0f} MiB, "
           f"{len(frames)} frames {ours['peak_growth_mib']:.0f} MiB "
           f"(running sum alone: {n * args.dim * 4 / 2**20:.0f} MiB)")
+    from sas3d.fusion.multiview import FusionConfig, _group_size
+
+    cfg, map_bytes = FusionConfig(), MAP_H * MAP_W * args.dim * 4
+    for teachers in (1, 2):
+        group = _group_size(cfg, [torch_zeros_like_bytes(map_bytes)] * teachers)
+        print(f"maps alive with a teacher making a new map per frame ({teachers} teacher(s)): groups of {group} frames, "
+              f"at most {2 * group * teachers * map_bytes / 2**20:.0f} MiB of maps (FusionConfig.frame_group "
+              f"{cfg.frame_group}, group_bytes {cfg.group_bytes / 2**20:.0f} MiB)")
     second, second_cpu = ours2["seconds"] - ours["seconds"], ours2["cpu_seconds"] - ours["cpu_seconds"]
     print(f"ours, 2 teachers in one pass (fuse_frames): {ours2['seconds']:.2f} s (CPU {ours2['cpu_seconds']:.2f} s) vs 1 teacher "
           f"{ours['seconds']:.2f} s (CPU {ours['cpu_seconds']:.2f} s): the second teacher costs {second:.2f} s "

@@ -110,21 +110,23 @@ def test_nearest_convention_is_nearest_exact():
         assert torch.equal(fmap.reshape(-1)[rows], full)
 
 
-def test_streaming_consumes_lazily():
-    """fuse_maps pulls one map at a time and keeps no reference to maps already fused (freed by refcount)."""
+@pytest.mark.parametrize("group", [1, 3])
+def test_streaming_consumes_lazily(group):
+    """fuse_maps pulls one map at a time and keeps no reference to maps of frame groups already fused
+    (freed by refcount): at most the group being collected and the one being added are alive."""
     scene = tiny_scene()
     frames = scene.frames * 5
     alive: list[weakref.ref] = []
 
     def maps():
         for i, frame in enumerate(frames):
-            # When map i is requested, at most the previous one may still be referenced.
-            assert sum(r() is not None for r in alive[: max(0, i - 1)]) == 0
+            # When map i is requested, every map before the previous group has been released.
+            assert sum(r() is not None for r in alive[: max(0, (i // group - 1) * group)]) == 0
             m = map_a() if i % 2 == 0 else map_b()
             alive.append(weakref.ref(m))
             yield frame, m
 
-    out = fuse_maps(scene, maps(), NO_MARGIN, progress=False)
+    out = fuse_maps(scene, maps(), FusionConfig(ProjectionConfig(border_margin=0), frame_group=group), progress=False)
     assert out.metadata["num_frames"] == 10
     np.testing.assert_array_equal(out.features[1].float().numpy(), [66, -2])  # same mean as 2 frames
 

@@ -80,12 +80,14 @@ def brute_force_mean(scene: Scene, teacher: ArrayTeacher) -> tuple[np.ndarray, n
     return mean.astype(np.float16), count > 0
 
 
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
-def test_one_pass_equals_each_teacher_alone(tmp_path, kernel):
+@pytest.mark.parametrize("kernel,group", [("numba", 1), ("numba", 2), ("numba", 4), ("numba", 5), ("torch", 1)])
+def test_one_pass_equals_each_teacher_alone(tmp_path, kernel, group):
     """Teachers of different map sizes and channel counts, with no-prediction (all-zero) pixels: the
-    one-pass result of each equals its own fuse_teacher run and a brute-force NumPy recount, bit for bit."""
+    one-pass result of each equals its own fuse_teacher run and a brute-force NumPy recount (frame by
+    frame), bit for bit, whatever the number of frames whose adds run as one pass (5 frames: groups
+    of 2 and 4 end with a partial group)."""
     scene, teachers = random_scene(tmp_path)
-    cfg = FusionConfig(PROJECTION, chunk_size=64, cpu_kernel=kernel)
+    cfg = FusionConfig(PROJECTION, chunk_size=64, cpu_kernel=kernel, frame_group=group)
     together = fuse_teachers_multiview(scene, teachers, cfg, progress=False)
     assert len(together) == len(teachers)
     seen_counts = []
@@ -99,6 +101,54 @@ def test_one_pass_equals_each_teacher_alone(tmp_path, kernel):
         seen_counts.append(int(seen.sum()))
     # The zero pixels matter: the teachers' seen masks differ although they share the visibility.
     assert len(set(seen_counts)) == len(teachers) and min(seen_counts) > 100 and max(seen_counts) < scene.num_points
+
+
+@pytest.mark.parametrize("group", [2, 5])
+def test_frame_group_sums_add_frames_in_order(tmp_path, group):
+    """The float32 running sums of grouped adds equal NumPy's frame-by-frame ``total[idx] += rows`` bit
+    for bit, on values whose sum depends on the order of the additions (magnitudes 1e-4 .. 1e4; the
+    reversed frame order gives other bits, so the check can tell)."""
+    from sas3d.fusion.multiview import _Accumulator, _FrameGroup, _Projector
+
+    scene, _ = random_scene(tmp_path)
+    rng = np.random.default_rng(5)
+    maps = [(rng.normal(size=(48, 64, 3)) * 10.0 ** rng.uniform(-4, 4, size=(48, 64, 1))).astype(np.float32) for _ in scene.frames]
+    projector = _Projector(scene.points, torch.device("cpu"), FusionConfig(PROJECTION))
+    acc = _Accumulator(projector, chunk_size=64)
+    visible = []
+    for frame in scene.frames:
+        depth = None if frame.depth_path is None else sas3d.scene.images.read_depth(frame)
+        point_idx, pixel_idx = projector.visible(frame, depth)
+        visible.append((point_idx.copy(), pixel_idx.copy()))
+    for start in range(0, len(scene.frames), group):
+        frames = _FrameGroup()
+        for frame, vis in zip(scene.frames[start:start + group], visible[start:start + group]):
+            frames.append(frame, vis)
+        fmaps = [torch.from_numpy(m) for m in maps[start:start + group]]
+        for task in acc.add_group_tasks(frames.kernel_arrays(group), fmaps, group, block=16, tasks=7):
+            task()
+
+    def numpy_sums(order):
+        total = np.zeros((scene.num_points, 3), np.float32)
+        for f in order:
+            point_idx, pixel_idx = visible[f]
+            rows = map_rows(torch.from_numpy(pixel_idx), W, H, 64, 48).numpy()
+            total[point_idx] += maps[f].reshape(-1, 3)[rows]  # distinct points per frame: no repeated index
+        return total
+
+    expected = numpy_sums(range(len(scene.frames)))
+    np.testing.assert_array_equal(acc.sum.numpy().view(np.uint32), expected.view(np.uint32))
+    assert not np.array_equal(numpy_sums(reversed(range(len(scene.frames)))), expected)
+
+
+def test_frame_group_is_capped_by_the_bytes_of_its_maps():
+    """A group holds frame_group frames, fewer when their maps would exceed group_bytes (at least one)."""
+    from sas3d.fusion.multiview import _group_size
+
+    maps = [torch.zeros(10, 10, 4), torch.zeros(5, 5, 2)]  # 1600 + 200 bytes per frame
+    assert _group_size(FusionConfig(frame_group=4, group_bytes=10_000), maps) == 4
+    assert _group_size(FusionConfig(frame_group=4, group_bytes=3_600), maps) == 2
+    assert _group_size(FusionConfig(frame_group=4, group_bytes=100), maps) == 1
 
 
 def test_depth_is_read_once_per_frame(tmp_path, monkeypatch):

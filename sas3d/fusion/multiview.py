@@ -4,10 +4,12 @@ Streaming: frames are consumed one at a time from an iterable, and the only stat
 frames is, per teacher, a running sum (N, C) float32 and a view count (N,), so memory does not grow
 with the number of frames. Several teachers are fused in one pass (:func:`fuse_frames`): a frame's
 depth is decoded and its points projected once, then every teacher's map is added from that same
-visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), frame i's row adds run in a
-background thread while frame i+1's maps are requested, its depth decoded and its points projected;
-the caller's thread then helps finish frame i (:class:`sas3d.fusion.overlap.Overlap`). At most two
-frames' maps are alive at a time.
+visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), the row adds of
+``FusionConfig.frame_group`` consecutive frames run as one pass over the points (each point's sum
+row is fetched from memory once per group, not once per frame; the sums are bit-identical), in a
+background thread while the next group's maps are requested, its depths decoded and its points
+projected; the caller's thread then helps finish them (:class:`sas3d.fusion.overlap.Overlap`). At
+most two groups' maps are alive at a time.
 
 Validity. A pixel whose teacher feature is exactly zero in every channel carries no prediction (a
 mask teacher paints zeros where it has no mask, or where its segment id has no label): it is not a
@@ -34,7 +36,7 @@ import torch
 from sas3d.config import to_dict
 from sas3d.errors import ConfigError, InputError
 from sas3d.fusion.features import PointFeatures
-from sas3d.fusion.kernels import add_kernel, divide_kernel, project_kernel
+from sas3d.fusion.kernels import add_group_kernel, divide_kernel, project_kernel
 from sas3d.fusion.overlap import Overlap
 from sas3d.geometry.projection import (
     ProjectionConfig,
@@ -56,14 +58,20 @@ class FusionConfig:
 
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     # Visible rows are accumulated in chunks of this many points: on the GPU / torch path the gather
-    # buffer (chunk x C float32) is reused instead of an (M, C) temporary per frame; on the numba path
-    # a chunk is the unit of work the background thread and the caller's thread share (Overlap).
+    # buffer (chunk x C float32) is reused instead of an (M, C) temporary per frame.
     chunk_size: int = 4096
     # CPU path: "numba" = sas3d.fusion.kernels (one projection pass per frame into reused buffers, then
     # per teacher row adds over chunks of the visible points, on two threads; fastest), "torch" =
     # project_points + the chunked index_select/index_add_ accumulation that GPUs use. Both give
     # identical seen masks and sums.
     cpu_kernel: str = "numba"
+    # numba path: the row adds of this many consecutive frames run as one pass over the points, so each
+    # point's sum row is fetched from memory once per group instead of once per frame (bit-identical
+    # sums; benchmarks/fusion.py: 512-d row adds 19 -> 13 ms per frame with 4). The maps of up to two
+    # groups are alive at once (one being added, the next being collected), so a group holds at most
+    # `group_bytes` of maps: 4 frames of 512-d 240x320 float32 maps (157 MiB each) fit.
+    frame_group: int = 4
+    group_bytes: int = 640 << 20
 
 
 def fusion_config_for(kind: str) -> FusionConfig:
@@ -92,14 +100,12 @@ class _Projector:
         self.use_numba = device.type == "cpu" and cfg.cpu_kernel == "numba"
         points64 = np.ascontiguousarray(points, dtype=np.float64)
         self.points = points64 if self.use_numba else torch.as_tensor(points64, device=device)
-        # Output buffers of the projection kernel, reused by every frame; two sets, used in turn, so
-        # that frame i + 1 is projected while frame i's rows are added from the other set.
-        self._buffers = [np.empty((2, self.num_points), dtype=np.int64) for _ in range(2)] if self.use_numba else []
-        self._calls = 0
+        # Output buffers of the projection kernel, reused by every frame (a frame group keeps copies).
+        self._buffers = np.empty((2, self.num_points), dtype=np.int64) if self.use_numba else None
 
     def visible(self, frame: Frame, depth: np.ndarray | None) -> tuple:
         """``(point_idx, pixel_idx)`` as :func:`project_points` returns them (on the numba path NumPy
-        views of reused buffers, valid until the call after next). ``depth`` (H, W) float32 metres, or
+        views of reused buffers, valid until the next call). ``depth`` (H, W) float32 metres, or
         None to test only the image bounds (no depth / use_depth off)."""
         if not self.use_numba:
             return project_points(self.points, frame, None if depth is None else torch.from_numpy(depth), self.projection)
@@ -111,13 +117,37 @@ class _Projector:
             depth = np.ascontiguousarray(depth, dtype=np.float32)
         else:
             depth = np.zeros((1, 1), dtype=np.float32)  # unread placeholder: the kernel has one signature
-        point_idx, pixel_idx = self._buffers[self._calls % 2]
-        self._calls += 1
+        point_idx, pixel_idx = self._buffers
         m = project_kernel()(
             self.points, w2c, fx, fy, cx, cy, int(frame.width), int(frame.height), int(self.projection.border_margin),
             depth, use_depth, float(self.projection.depth_threshold), point_idx, pixel_idx,
         )
         return point_idx[:m], pixel_idx[:m]
+
+
+@dataclass
+class _FrameGroup:
+    """Consecutive frames whose row adds run as one pass (numba path): their visible pairs, concatenated."""
+
+    frames: list[Frame] = field(default_factory=list)
+    point_idx: list[np.ndarray] = field(default_factory=list)
+    pixel_idx: list[np.ndarray] = field(default_factory=list)
+
+    def append(self, frame: Frame, visible: tuple) -> None:
+        """Keep ``frame`` and a copy of its pairs (the projector reuses its buffers)."""
+        self.frames.append(frame)
+        self.point_idx.append(np.array(visible[0]))
+        self.pixel_idx.append(np.array(visible[1]))
+
+    def kernel_arrays(self, size: int) -> tuple:
+        """(point_idx, pixel_idx, offsets, widths, heights) for ``add_group``, padded to ``size`` frames
+        with empty pair ranges (one compiled kernel per group size)."""
+        pad = size - len(self.frames)
+        offsets = np.cumsum([0] + [len(p) for p in self.point_idx] + [0] * pad).astype(np.int64)
+        widths = np.array([f.width for f in self.frames] + [1] * pad, dtype=np.int64)
+        heights = np.array([f.height for f in self.frames] + [1] * pad, dtype=np.int64)
+        empty = [np.zeros(0, dtype=np.int64)]
+        return (np.concatenate(self.point_idx + empty), np.concatenate(self.pixel_idx + empty), offsets, widths, heights)
 
 
 class _Accumulator:
@@ -149,14 +179,30 @@ class _Accumulator:
             table = table.to(self.device)
         if not self.use_numba:
             return [partial(self._add_torch, frame, visible, table, w, h)]
-        point_idx, pixel_idx = visible
-        kernel = add_kernel()
-        args = (int(frame.width), int(frame.height), table.contiguous().numpy(), w, h, self.sum.numpy(), self.count.numpy())
-        tasks = []
-        for start in range(0, len(point_idx), self.chunk_size):
-            stop = min(start + self.chunk_size, len(point_idx))
-            tasks.append(partial(kernel, point_idx[start:stop], pixel_idx[start:stop], stop - start, *args))
-        return tasks
+        group = _FrameGroup()
+        group.append(frame, visible)
+        return self.add_group_tasks(group.kernel_arrays(1), [feature_map], 1)
+
+    def add_group_tasks(self, arrays: tuple, feature_maps: list[torch.Tensor], size: int, block: int = 512,
+                        tasks: int = 32) -> list[Callable[[], None]]:
+        """The numba row adds of a frame group (``arrays``: :meth:`_FrameGroup.kernel_arrays` of ``size``
+        frames; ``feature_maps[f]`` (h, w, C) of frame f), as ``tasks`` tasks over disjoint point ranges
+        that may run in any order or at the same time; each walks its points in blocks of ``block``
+        (:func:`sas3d.fusion.kernels.add_group_kernel`)."""
+        channels = int(feature_maps[0].shape[2])
+        if self.sum is None:
+            self.sum = torch.zeros(self.num_points, channels, dtype=torch.float32, device=self.device)
+        tables = [m.reshape(-1, channels).contiguous().numpy() for m in feature_maps]
+        map_widths = [int(m.shape[1]) for m in feature_maps]
+        map_heights = [int(m.shape[0]) for m in feature_maps]
+        pad = size - len(tables)
+        tables, map_widths, map_heights = tables + tables[:1] * pad, map_widths + [1] * pad, map_heights + [1] * pad
+        kernel = add_group_kernel()
+        point_idx, pixel_idx, offsets, widths, heights = arrays
+        args = (block, point_idx, pixel_idx, offsets, widths, heights, tuple(tables), np.array(map_widths, dtype=np.int64),
+                np.array(map_heights, dtype=np.int64), self.sum.numpy(), self.count.numpy())
+        step = max(block, -(-self.num_points // tasks))
+        return [partial(kernel, lo, min(lo + step, self.num_points), *args) for lo in range(0, self.num_points, step)]
 
     def _add_torch(self, frame: Frame, visible: tuple, table: torch.Tensor, w: int, h: int) -> None:
         point_idx, pixel_idx = visible
@@ -248,10 +294,11 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
     channels: list[int | None] = [None] * len(names)
     frames_used = 0
     bar = tqdm(frame_maps, total=total, desc=f"fuse {scene.name}", unit="frame", disable=not progress)
-    # numba: frame i's row adds run in the background while frame i + 1's maps are requested, its
-    # depth decoded and its points projected (the projector's two buffer sets); then this thread
-    # helps finish frame i's adds before frame i + 1's are submitted (per point, frames in order).
+    # numba: group g's row adds (frame_group frames) run in the background while group g + 1's maps
+    # are requested, its depths decoded and its points projected; then this thread helps finish group
+    # g's adds before group g + 1's are submitted (per point, frames in order).
     overlap = Overlap() if projector.use_numba else None
+    group, group_maps, group_size = _FrameGroup(), [], None  # numba: frames whose adds run as one pass
     try:
         for frame, outputs in bar:
             if len(outputs) != len(names):
@@ -262,23 +309,46 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
             if frame.depth_path is not None and cfg.projection.use_depth:
                 depth = read_depth(frame)
             visible = projector.visible(frame, depth)  # once per frame, for every teacher
-            tasks = [task for acc, fmap in zip(accumulators, feature_maps) for task in acc.add_tasks(frame, visible, fmap)]
-            del outputs, feature_maps, depth, visible  # the next maps are requested while only these tasks hold maps
-            if overlap is None:
-                for task in tasks:
-                    task()
-            else:
-                overlap.finish()
-                overlap.submit(tasks)
-            del tasks
             frames_used += 1
+            if overlap is None:  # torch path: frame by frame
+                for acc, fmap in zip(accumulators, feature_maps):
+                    acc.add(frame, visible, fmap)
+            else:
+                group_size = group_size or _group_size(cfg, feature_maps)
+                group.append(frame, visible)
+                group_maps.append(feature_maps)
+                if len(group.frames) == group_size:
+                    _submit_group(overlap, accumulators, group, group_maps, group_size)
+                    group, group_maps = _FrameGroup(), []
+            del outputs, feature_maps, depth, visible  # the next maps are requested while only the groups hold maps
         if overlap is not None:
+            if group.frames:
+                _submit_group(overlap, accumulators, group, group_maps, group_size or 1)
+                group, group_maps = _FrameGroup(), []
             overlap.finish()
     finally:
         if overlap is not None:
             overlap.close()
         bar.close()
     return [_result(scene, acc, c, teacher_names, frames_used, cfg) for acc, c, teacher_names in zip(accumulators, channels, names)]
+
+
+def _group_size(cfg: FusionConfig, feature_maps: list[torch.Tensor]) -> int:
+    """Frames per add pass: ``cfg.frame_group``, fewer when a group's maps would exceed ``cfg.group_bytes``."""
+    if cfg.frame_group < 1:
+        raise ConfigError(f"frame_group must be >= 1, got {cfg.frame_group}")
+    frame_bytes = sum(m.numel() * m.element_size() for m in feature_maps)
+    return max(1, min(int(cfg.frame_group), int(cfg.group_bytes) // max(1, frame_bytes)))
+
+
+def _submit_group(overlap: Overlap, accumulators: list[_Accumulator], group: _FrameGroup,
+                  group_maps: list[list[torch.Tensor]], size: int) -> None:
+    """Wait for the previous group's adds (helping), then start this group's in the background."""
+    arrays = group.kernel_arrays(size)
+    tasks = [task for t, acc in enumerate(accumulators)
+             for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps], size)]
+    overlap.finish()
+    overlap.submit(tasks)
 
 
 def _result(scene: Scene, acc: _Accumulator, channels: int | None, teacher_names: list[str], frames_used: int,
