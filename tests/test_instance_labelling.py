@@ -117,7 +117,7 @@ def test_labelling_formula(room):
     import scipy.sparse as sp
 
     props = Proposals(sp.vstack([masks, mixed]).tocsr(), np.array([1.0, 1.0, 1.0, 1.0, 0.8]))
-    cfg = LabelConfig(temperature=0.05)
+    cfg = LabelConfig(temperature=0.05, stuff_classes=[])  # every class a candidate: the formula alone
     inst = label_proposals(props, room["feats"], room["text"], room["classes"], cfg)
     f, t = room["feats"].features, room["text"]
     point_cls = (f @ t.T).argmax(1).numpy()
@@ -135,6 +135,29 @@ def test_labelling_formula(room):
     names = [room["classes"][c] for c in inst.classes]
     assert sorted(names[:4]) == ["chair", "chair", "floor", "table"]
     assert inst.scores[-1] < 0.75  # the mixed proposal: about half its points disagree with its class
+
+
+def test_stuff_classes_are_never_an_instance_class(room):
+    """With wall / floor / ceiling as stuff (the default), the floor proposal takes its most similar object
+    class, with the softmax over the object classes only, and its points (floor to themselves) give it
+    zero agreement, so it ranks last; the object proposals keep their classes."""
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    props = Proposals(masks, np.ones(len(masks.indptr) - 1))
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(temperature=0.05))
+    classes = room["classes"]
+    objects = [i for i, c in enumerate(classes) if c not in ("wall", "floor", "ceiling")]
+    f, t = room["feats"].features, room["text"]
+    floor_points = np.flatnonzero(room["obj"] == 0)
+    assert {classes[int((f[floor_points] @ t.T).argmax(1).mode().values)]} == {"floor"}  # the fixture's floor
+    i = [k for k in range(len(inst)) if np.array_equal(inst.point_indices(k), floor_points)][0]
+    mean = f[floor_points].mean(0)
+    sims = (mean / mean.norm()) @ t[objects].T
+    assert classes[inst.classes[i]] == classes[objects[int(sims.argmax())]] != "floor"
+    assert inst.metadata["probability"][i] == pytest.approx(float(torch.softmax(sims / 0.05, 0).max()), rel=1e-5)
+    assert inst.scores[i] == 0.0 and i == len(inst) - 1
+    assert sorted(classes[c] for c in inst.classes[:3]) == ["chair", "chair", "table"]
+    with pytest.raises(ValueError, match="stuff"):
+        label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(stuff_classes=list(classes)))
 
 
 def test_fusion_labeller_ignores_unseen_points(room):
@@ -191,6 +214,7 @@ def test_label_config_nms_and_exclusions(room):
     dup = sp.vstack([masks, masks[1:2]]).tocsr()  # chair 1 twice
     props = Proposals(dup, np.array([1.0, 1.0, 1.0, 1.0, 0.5]))
     assert len(label_proposals(props, room["feats"], room["text"], room["classes"])) == 5
-    inst = label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(nms_iou=0.5, exclude_classes=["floor"]))
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"],
+                           LabelConfig(nms_iou=0.5, exclude_classes=["floor"], stuff_classes=[]))
     assert sorted(room["classes"][c] for c in inst.classes) == ["chair", "chair", "table"]
     assert inst.features.shape == (3, room["text"].shape[1])

@@ -1,14 +1,15 @@
 """Label class-agnostic proposals with point features and rank instances for free-text queries.
 
 SAS Sec. 4.4 labels each Mask3D proposal with the distilled 3D encoder: the proposal's class is
-the text class closest to the mean of its points' features. The confidence that ranks it for AP is
+the text class closest to the mean of its points' features, among the object classes (``stuff_classes``
+such as wall and floor are surfaces, never instances). The confidence that ranks it for AP is
 
     score = p(class | mean feature) * agreement * proposal score
 
-* ``p`` = softmax over the classes of the mean feature's cosine similarities divided by a
+* ``p`` = softmax over the object classes of the mean feature's cosine similarities divided by a
   temperature (CLIP's logit scale 100, i.e. 0.01, as OpenScene / OpenMask3D use);
-* ``agreement`` = the fraction of the proposal's points whose own most similar class is that
-  class (a mask-quality term, like the mean mask probability Mask3D multiplies its class score by);
+* ``agreement`` = the fraction of the proposal's points whose own most similar class (of all
+  classes, stuff included) is that class (a mask-quality term, like the mean mask probability Mask3D multiplies its class score by);
 * ``proposal score`` = the source's objectness (Mask3D's score in a benchmark file; 1.0 where a
   source gives none, e.g. OpenMask3D and our built-in proposals).
 """
@@ -37,7 +38,11 @@ class LabelConfig:
     use_proposal_scores: bool = True  # multiply by the proposal source's own score (Mask3D objectness; 1.0 if none)
     min_points: int = 100  # ScanNet minimum region size: smaller proposals are not labelled (the benchmark drops them)
     nms_iou: float | None = None  # per-class mask NMS after labelling (None: keep overlapping proposals, as Mask3D's output)
-    exclude_classes: list[str] = field(default_factory=list)  # classes never output (e.g. ["wall", "floor"] for objects only)
+    exclude_classes: list[str] = field(default_factory=list)  # instances of these classes are dropped after labelling
+    # Surfaces, not objects: never a proposal's class; a proposal takes its most similar other class
+    # (ScanNet's instance benchmark scores the 18 classes without wall and floor, and OpenMask3D queries
+    # only the benchmark's instance classes). Their points still count against a proposal's agreement.
+    stuff_classes: list[str] = field(default_factory=lambda: ["wall", "floor", "ceiling"])
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -73,8 +78,12 @@ def label_proposals(proposals: Proposals, feats: PointFeatureSet, class_text: to
     mean, counts = proposal_mean_features(props.masks, feats)
     has = counts > 0
     sims = mean @ text.T  # (P, Q)
-    best_sim, row = sims.max(dim=1)
-    prob = torch.softmax(sims / cfg.temperature, dim=1).gather(1, row[:, None])[:, 0]
+    stuff = torch.from_numpy(np.isin(to_class.numpy(), [i for i, c in enumerate(class_names) if c in cfg.stuff_classes]))
+    if bool(stuff.all()):
+        raise ValueError(f"every class is a stuff class ({', '.join(cfg.stuff_classes)}): nothing to label instances with")
+    candidate_sims = sims.masked_fill(stuff[None, :], float("-inf"))  # objects only: stuff is never a proposal's class
+    best_sim, row = candidate_sims.max(dim=1)
+    prob = torch.softmax(candidate_sims / cfg.temperature, dim=1).gather(1, row[:, None])[:, 0]
     classes = to_class[row].numpy()
     # agreement: share of the proposal's valid points whose own best class is the proposal's class
     point_class = to_class[(_unit(feats.features.float()) @ text.T).argmax(dim=1)].numpy()
