@@ -100,7 +100,7 @@ def main() -> int:
         fused = dict(zip(args.teachers, per_teacher))
         for method in fusions:
             fused[method] = fuse_teachers(
-                per_teacher, vocab_text, method, scores if method == "guided" else None, cfg,
+                per_teacher, vocab_text, method, scores if method in ("guided", "confusion") else None, cfg,
                 cap.catch_all_index, teacher_names=args.teachers, capability_source=str(cap_path),
                 capability_confusion=confusion if method == "confusion" else None,
             )
@@ -120,7 +120,7 @@ def main() -> int:
     print(f"\n{verdict} the best single teacher ({best_single}, {miou[best_single]:.1f}) and the add/linear "
           f"baselines ({miou['add']:.1f}/{miou['linear']:.1f}) [{tag}]")
     met = miou["confusion"] >= max(miou["guided"], miou[best_single])
-    print(f"confusion fusion ({cfg.confusion_rule}, floor {cfg.confusion_floor}, temperature {cfg.confusion_temperature}): "
+    print(f"confusion fusion ({cfg.confusion_model} model, {cfg.confusion_rule}, floor {cfg.confusion_floor}, temperature {cfg.confusion_temperature}): "
           f"{miou['confusion']:.1f} vs guided {miou['guided']:.1f} and best single {miou[best_single]:.1f}: "
           f"{'>= both' if met else 'NOT >= both'} [{tag}]")
 

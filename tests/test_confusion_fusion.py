@@ -13,7 +13,7 @@ import torch
 
 from sas3d.capability import Capability
 from sas3d.errors import ConfigError, InputError
-from sas3d.fusion.confusion import likelihoods, teacher_weights
+from sas3d.fusion.confusion import accuracy_likelihoods, likelihoods, teacher_weights
 from sas3d.fusion.features import PointFeatures
 from sas3d.fusion.guided import GuidedFusionConfig, fuse_teachers
 
@@ -49,8 +49,8 @@ def test_sofa_that_is_usually_a_chair():
     guided = fuse_teachers([a, b], TEXT, "guided", SCORES)
     assert guided.weights[0, 0] > 0.5 and guided.features[0].float().argmax() == 1  # sofa
 
-    cfg = GuidedFusionConfig(confusion_floor=0.3, confusion_temperature=1.0)
-    out = fuse_teachers([a, b], TEXT, "confusion", cfg=cfg, capability_confusion=CONFUSION)
+    cfg = GuidedFusionConfig(confusion_model="confusion", confusion_floor=0.3, confusion_temperature=1.0)
+    out = fuse_teachers([a, b], TEXT, "confusion", SCORES, cfg=cfg, capability_confusion=CONFUSION)
     # P(k | A=sofa, B=chair) ∝ L_A[k, sofa] * L_B[k, chair]: chair 0.52 * 0.73, sofa 0.8 * 0.17, table 0.1 * 0.1.
     p_chair, p_sofa = 0.52 * 0.73, 0.8 * 0.17
     w_b = p_chair / (p_chair + p_sofa)  # the predicted classes' masses, renormalised: 0.736
@@ -58,13 +58,16 @@ def test_sofa_that_is_usually_a_chair():
     assert out.features[0].float().argmax() == 0  # chair
     torch.testing.assert_close(out.features.float(), torch.tensor([[w_b, 1 - w_b, 0.0]]), atol=1e-3, rtol=0)
 
-    precision = fuse_teachers([a, b], TEXT, "confusion", cfg=GuidedFusionConfig(confusion_rule="precision", confusion_floor=0.3, confusion_temperature=1.0),
+    precision = fuse_teachers([a, b], TEXT, "confusion", SCORES,
+                              cfg=GuidedFusionConfig(confusion_model="confusion", confusion_rule="precision", confusion_floor=0.3,
+                                                     confusion_temperature=1.0),
                               capability_confusion=CONFUSION)
     # P(true = c | t predicts c): A's sofa 0.8 / (0.52 + 0.8 + 0.1), B's chair 0.73 / (0.73 + 0.17 + 0.1).
     prec_a, prec_b = 0.8 / 1.42, 0.73 / 1.0
     torch.testing.assert_close(precision.weights, torch.tensor([[prec_a, prec_b]]) / (prec_a + prec_b))
     # A temperature towards 0 keeps the most likely class alone.
-    sharp = fuse_teachers([a, b], TEXT, "confusion", cfg=GuidedFusionConfig(confusion_floor=0.3, confusion_temperature=0.01),
+    sharp = fuse_teachers([a, b], TEXT, "confusion", SCORES,
+                          cfg=GuidedFusionConfig(confusion_model="confusion", confusion_floor=0.3, confusion_temperature=0.01),
                           capability_confusion=CONFUSION)
     torch.testing.assert_close(sharp.weights, torch.tensor([[0.0, 1.0]]), atol=1e-6, rtol=0)
 
@@ -73,7 +76,7 @@ def test_one_teacher_no_prediction_and_nobody():
     # Point 0: only B sees it. Point 1: A has a zero feature (no prediction). Point 2: nobody.
     a = _pf([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [False, True, False])
     b = _pf([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [True, True, False])
-    out = fuse_teachers([a, b], TEXT, "confusion", capability_confusion=CONFUSION)
+    out = fuse_teachers([a, b], TEXT, "confusion", SCORES, capability_confusion=CONFUSION)
     assert out.weights.tolist() == [[0.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
     assert out.seen.tolist() == [True, True, False]
     torch.testing.assert_close(out.features.float(), torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 0, 0]]))
@@ -107,20 +110,23 @@ def test_posterior_matches_brute_force_with_three_teachers():
 def test_dense_catch_all_prediction_keeps_its_feature():
     # Class 2 as the catch-all: where the dense teacher (first) predicts it, its feature alone (as guided).
     a, b = _pf([[0.0, 0.0, 1.0]]), _pf([[1.0, 0.0, 0.0]])
-    out = fuse_teachers([a, b], TEXT, "confusion", catch_all_index=2, capability_confusion=CONFUSION)
+    out = fuse_teachers([a, b], TEXT, "confusion", SCORES, catch_all_index=2, capability_confusion=CONFUSION)
     assert out.weights.tolist() == [[1.0, 0.0]]
 
 
 def test_bad_confusion_inputs():
     a, b = _pf([[1.0, 0.0, 0.0]]), _pf([[0.0, 1.0, 0.0]])
+    with pytest.raises(ConfigError, match="confusion fusion needs capability scores"):
+        fuse_teachers([a, b], TEXT, "confusion", capability_confusion=CONFUSION)
     with pytest.raises(ConfigError, match="needs the capability's per-class confusion"):
-        fuse_teachers([a, b], TEXT, "confusion")
+        fuse_teachers([a, b], TEXT, "confusion", SCORES)
     with pytest.raises(ConfigError, match="shape"):
-        fuse_teachers([a, b], TEXT, "confusion", capability_confusion=CONFUSION[:, :, :3])
+        fuse_teachers([a, b], TEXT, "confusion", SCORES, capability_confusion=CONFUSION[:, :, :3])
     for bad in (GuidedFusionConfig(confusion_floor=0.0), GuidedFusionConfig(confusion_rule="vote"),
-                GuidedFusionConfig(confusion_temperature=0.0)):
+                GuidedFusionConfig(confusion_temperature=0.0), GuidedFusionConfig(confusion_model="two-coin"),
+                GuidedFusionConfig(confusion_model="confusion", confusion_floor=0.0)):
         with pytest.raises(ConfigError):
-            fuse_teachers([a, b], TEXT, "confusion", cfg=bad, capability_confusion=CONFUSION)
+            fuse_teachers([a, b], TEXT, "confusion", SCORES, cfg=bad, capability_confusion=CONFUSION)
 
 
 def test_confusion_json_round_trip_and_reordering(tmp_path):
@@ -152,8 +158,8 @@ def test_capability_file_without_confusion(tmp_path):
 
 
 def test_fuse_cli_confusion_row_and_old_capability_file(tmp_path, monkeypatch, capsys):
-    """`sas3d fuse --fusion confusion`: "good" says chair everywhere, "bad" says table. On the probe
-    images good says chair whatever the truth, bad is nearly always right: the posterior follows bad.
+    """`sas3d fuse --fusion confusion`: "good" says chair everywhere, "bad" says table. The capability
+    IoUs trust good (0.9) over bad (0.1): the default accuracy model follows good.
     A capability file without the confusion is refused with its path, before any fusion, nothing written."""
     import sas3d.text.encoders
     from sas3d.cli import main
@@ -183,10 +189,10 @@ def test_fuse_cli_confusion_row_and_old_capability_file(tmp_path, monkeypatch, c
     assert main(base + ["--capability", str(tmp_path / "cap.json"), "--out", str(tmp_path / "c.safetensors")]) == 0
     fused = PointFeatures.load(tmp_path / "c.safetensors")
     assert fused.metadata["method"] == "confusion"
-    # Defaults floor 0.05, temperature 0.1, K = 2: L = 0.95 * rate + 0.025, so L_good = [[0.975, 0.025]] * 2 and
-    # L_bad = [[0.88, 0.12], [0.025, 0.975]]; P(chair) ∝ 0.975 * 0.12, P(table) ∝ 0.975 * 0.975, masses ∝ P^10.
-    ratio = (0.12 / 0.975) ** 10
-    torch.testing.assert_close(fused.weights, torch.tensor([[ratio / (1 + ratio), 1 / (1 + ratio)]] * 3))
+    # Defaults: accuracy model, floor 0.05, temperature 0.1, K = 2: accuracy a = 0.95 * IoU + 0.025, good 0.88,
+    # bad 0.12; P(chair) ∝ a_good * (1 - a_bad) = 0.88 * 0.88, P(table) ∝ 0.12 * 0.12; masses ∝ P^10.
+    ratio = (0.12 * 0.12 / (0.88 * 0.88)) ** 10
+    torch.testing.assert_close(fused.weights, torch.tensor([[1 / (1 + ratio), ratio / (1 + ratio)]] * 3))
 
 
 def test_capability_records_confusion_and_resumes_old_progress(tmp_path):
@@ -227,9 +233,9 @@ def test_capability_records_confusion_and_resumes_old_progress(tmp_path):
 
 
 def test_gaussian_lifting_offers_confusion_fusion(tmp_path):
-    """`sas3d gaussians lift --fusion confusion` goes through the same rule: on a Gaussian seen as
-    "sofa" by A and "chair" by B, B's chair wins (A's "sofa" is often a chair), where guided follows A;
-    a capability file without the confusion is refused naming it."""
+    """`sas3d gaussians lift --fusion confusion` goes through the same rule (the same weights as
+    fuse_teachers on a Gaussian seen as "sofa" by A and "chair" by B); a capability file without the
+    confusion is refused naming it."""
     from sas3d.gaussians.lift import combine_teachers
     from sas3d.text.labelsets import LabelSet
 
@@ -246,12 +252,55 @@ def test_gaussian_lifting_offers_confusion_fusion(tmp_path):
     cap = Capability.load(tmp_path / "cap.json")
     features = [_pf([[0, 1, 0]]), _pf([[1, 0, 0]])]  # A: sofa, B: chair
     fused = combine_teachers(features, ["a", "b"], "confusion", labels, Onehot(), cap, str(tmp_path / "cap.json"))
-    assert fused.metadata["method"] == "confusion" and int(fused.features.float().argmax()) == 0
-    guided = combine_teachers(features, ["a", "b"], "guided", labels, Onehot(), cap, str(tmp_path / "cap.json"))
-    assert int(guided.features.float().argmax()) == 1
+    assert fused.metadata["method"] == "confusion"
+    direct = fuse_teachers(features, torch.eye(3), "confusion", SCORES, capability_confusion=CONFUSION)
+    torch.testing.assert_close(fused.weights, direct.weights)
+    assert not torch.allclose(direct.weights, fuse_teachers(features, torch.eye(3), "guided", SCORES).weights)
     old = json.loads((tmp_path / "cap.json").read_text())
     del old["confusion"]
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(InputError, match="old.json"):
         combine_teachers(features, ["a", "b"], "confusion", labels, Onehot(), Capability.load(tmp_path / "old.json"),
                          str(tmp_path / "old.json"))
+
+
+def test_accuracy_likelihoods_hand_computed():
+    # floor 0.3, K = 3: a = 0.7 * IoU + 0.1 on the diagonal, (1 - a) / 2 elsewhere; a class without
+    # probe pixels with a prediction (B's table here) has a uniform row.
+    confusion = CONFUSION.clone()
+    confusion[1, 2] = 0
+    lik = accuracy_likelihoods(SCORES, confusion, floor=0.3)
+    torch.testing.assert_close(lik[0], torch.tensor([[0.38, 0.31, 0.31], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]))
+    torch.testing.assert_close(lik[1], torch.tensor([[0.73, 0.135, 0.135], [0.31, 0.38, 0.31], [1 / 3, 1 / 3, 1 / 3]]))
+
+
+def test_accuracy_model_matches_brute_force_with_three_teachers():
+    """Per-class one-coin likelihoods written out with loops, fed to the brute-force naive Bayes."""
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0, 1, size=(3, 4))
+    confusion = torch.ones(3, 4, 5, dtype=torch.float64)  # every class scored: no uniform rows
+    floor, k = 0.2, 4
+    lik = [[[(1 - floor) * scores[t][y] + floor / k if j == y else (1 - ((1 - floor) * scores[t][y] + floor / k)) / (k - 1)
+             for j in range(k)] for y in range(k)] for t in range(3)]
+    got_lik = accuracy_likelihoods(torch.tensor(scores), confusion, floor)
+    torch.testing.assert_close(got_lik, torch.tensor(lik, dtype=torch.float32))
+    cases = [(p, v) for p in itertools.product(range(k), repeat=3) for v in ((1, 1, 1), (1, 0, 1))]
+    pred = torch.tensor([p for p, _ in cases])
+    valid = torch.tensor([v for _, v in cases], dtype=torch.bool)
+    got = teacher_weights(pred, valid, got_lik, "posterior", 0.5)
+    expected = [_brute_force_weights(p, v, lik, 0.5) for p, v in cases]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+
+
+def test_unscored_class_falls_back_to_guided():
+    """Table has no probe pixels (a catch-all): where a teacher predicts it the posterior knows nothing,
+    and the weights are Eq. 7-8's; elsewhere they are the posterior's."""
+    confusion = CONFUSION.clone()
+    confusion[:, 2] = 0
+    a = _pf([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # chair, sofa
+    b = _pf([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # table (unscored), chair
+    guided = fuse_teachers([a, b], TEXT, "guided", SCORES)
+    for model in ("accuracy", "confusion"):
+        out = fuse_teachers([a, b], TEXT, "confusion", SCORES, GuidedFusionConfig(confusion_model=model), capability_confusion=confusion)
+        torch.testing.assert_close(out.weights[0], guided.weights[0])
+        assert not torch.allclose(out.weights[1], guided.weights[1], atol=1e-3)

@@ -19,7 +19,7 @@ Bring your own teacher with --teacher precomputed:DIR, where DIR holds one <fram
 frame's depth read and its points projected once), each teacher's mean kept apart, then combined
 with --fusion (guided and confusion need --capability cap.json from `sas3d capability`; confusion,
 beyond SAS, weighs each teacher by how likely its predicted class is right given what the teachers
-predict, from their per-class confusion on the capability images).
+predict, from their per-class capability on the probe images; the file must hold the per-class confusion).
 
 Example:  sas3d fuse data/scene0000_00 --teacher precomputed:lseg_out --out fused/scene0000_00.safetensors
 """
@@ -164,7 +164,7 @@ def _combine(fused, fusion, capability, rows, args, encoder):
         scores = torch.from_numpy(capability.scores_for(rows, classes).astype(np.float32))
         if fusion == "confusion":
             confusion = torch.from_numpy(capability.confusion_for(rows, classes))
-    return fuse_teachers(fused, class_text, fusion, scores if fusion == "guided" else None, None, catch_all,
+    return fuse_teachers(fused, class_text, fusion, scores if fusion in CAPABILITY_FUSIONS else None, None, catch_all,
                          capability_source=str(args.capability) if args.capability else None, capability_confusion=confusion)
 
 

@@ -1,21 +1,29 @@
 """Confusion-aware fusion weights: trust a teacher's prediction as much as it is likely to be right.
 
-Beyond SAS. Guided fusion (SAS Eq. 7) scores teacher t at a point by ``sum_s S_t[c_s]``: per-class IoUs
-cannot tell that a teacher's "sofa" is usually a chair. Capability construction already sees every
-teacher's per-pixel predictions on the probe images of every class, so it keeps the confusion
-``N[t, k, j]`` (mask pixels of true class k that teacher t predicts as j;
-:attr:`sas3d.capability.Capability.confusion`). From it, per teacher, the likelihood of a prediction
-given the true class, conditioned on the teacher predicting anything (a teacher with no prediction at
-a point does not vote):
+Beyond SAS. Guided fusion (SAS Eq. 7) scores teacher t at a point by ``sum_s S_t[c_s]``, a sum of
+IoUs; this rule asks instead how likely the class each teacher predicts is the true one given what all
+teachers predict (naive Bayes), from a per-teacher model ``L[t, k, j] = P(t predicts j | true class k,
+t predicts something)`` (a teacher with no prediction at a point does not vote). Two models
+(``GuidedFusionConfig.confusion_model``):
 
-    L[t, k, j] = (1 - floor) * N[t, k, j] / sum_j' N[t, k, j'] + floor / K
+* ``accuracy`` (default; the "one-coin" model of Dawid & Skene 1979 per class): ``L[t, k, k] = a``
+  with ``a = (1 - floor) * S_t[k] + floor / K`` from the capability IoU ``S_t[k]``, the rest of the
+  row spread evenly, ``(1 - a) / (K - 1)``. K numbers per teacher, all that Eq. 7 already trusts. IoU
+  (not recall, the textbook accuracy) because IoU also charges a class's false positives: the model
+  spreads errors evenly and would otherwise not see that a teacher over-predicts a class.
+* ``confusion``: the full probe confusion ``N[t, k, j]`` (mask pixels of true class k that teacher t
+  predicts as j; :attr:`sas3d.capability.Capability.confusion`), ``L = (1 - floor) * N / row total +
+  floor / K``. K x K numbers per teacher from a few probe images per class; their domain gap moves
+  exactly these entries (README: 20 images per class put the LSeg-like chair -> sofa rate at 19 %
+  where the scenes have 40 %, and the posterior then reads every chair as a sofa).
 
-``floor`` spreads part of every row uniformly: the probe images are not the scenes, so no count
-is trusted to say "never", and one teacher's vote can shift the odds by at most ~ K / floor. A class
-with no probe images (the catch-all) has a uniform row: nothing is known about it; a class outside the
-capability vocabulary was never predicted on the probes, so its column holds only the floor. Then per point,
-with a uniform prior over the K classes (the probe set is class-balanced; a scene's class frequencies
-are unknown; mIoU weighs classes equally):
+``floor`` spreads part of every row uniformly: the probe images are not the scenes, so no count is
+trusted to say "never", and one teacher's vote can shift the odds by at most ~ K / floor. A class with
+no probe images (the catch-all) has a uniform row in both models: nothing is known about it. Where a
+voting teacher predicts such a class, the posterior is uninformed by construction, and the fusion
+weights fall back to Eq. 7-8 (:func:`unscored`, applied in ``sas3d.fusion.guided``). Per point, with a
+uniform prior over the K classes (the probe set is class-balanced; a scene's class frequencies are
+unknown; mIoU weighs classes equally):
 
 * ``posterior`` (naive Bayes over all seen teachers): ``P(y = k | c) ∝ prod_t L[t, k, c_t]``;
 * ``precision`` (each teacher alone): ``P(y = c_t | c_t) = L[t, c_t, c_t] / sum_k L[t, k, c_t]``.
@@ -34,6 +42,7 @@ import torch
 from sas3d.errors import ConfigError
 
 RULES = ("posterior", "precision")
+MODELS = ("accuracy", "confusion")
 
 
 def likelihoods(confusion: torch.Tensor, floor: float) -> torch.Tensor:
@@ -48,6 +57,27 @@ def likelihoods(confusion: torch.Tensor, floor: float) -> torch.Tensor:
     k = counts.shape[1]
     observed = torch.where(total > 0, counts / total.clamp_min(1e-12), torch.full_like(counts, 1.0 / k))
     return ((1.0 - floor) * observed + floor / k).to(torch.float32)
+
+
+def accuracy_likelihoods(scores: torch.Tensor, confusion: torch.Tensor, floor: float) -> torch.Tensor:
+    """(T, K, K) one-coin likelihoods from the (T, K) capability IoUs: ``a = (1 - floor) * S + floor / K`` on
+    the diagonal, ``(1 - a) / (K - 1)`` elsewhere; uniform rows for the classes without probe images in
+    the (T, K, K + 1) ``confusion`` (:func:`unscored`)."""
+    if not 0 < floor <= 1:
+        raise ConfigError(f"confusion_floor must be in (0, 1], got {floor}")
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    k = scores.shape[1]
+    accuracy = (1.0 - floor) * scores + floor / k
+    lik = ((1.0 - accuracy) / max(k - 1, 1))[:, :, None].expand(-1, -1, k).clone()
+    lik.diagonal(dim1=1, dim2=2).copy_(accuracy)
+    lik[unscored(confusion)] = 1.0 / k
+    return lik.to(torch.float32)
+
+
+def unscored(confusion: torch.Tensor) -> torch.Tensor:
+    """(T, K) True where no probe pixel of class k got a prediction from teacher t (the catch-all, which has no
+    probe images; a class outside the capability vocabulary): the model knows nothing of that class."""
+    return torch.as_tensor(confusion)[:, :, :-1].sum(dim=2) == 0
 
 
 def class_probabilities(pred: torch.Tensor, valid: torch.Tensor, likelihood: torch.Tensor, rule: str) -> torch.Tensor:

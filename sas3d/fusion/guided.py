@@ -16,9 +16,10 @@ dense one (LSeg in the paper): where it predicts the catch-all class its feature
 (official code detail; ``keep_dense_catch_all``).
 
 ``confusion`` (beyond SAS, ``sas3d.fusion.confusion``): each teacher is weighed by how likely the
-class it predicts is the true one given what the teachers predict, from each teacher's per-class
-confusion on the capability probe images (``capability_confusion``); it sees that a teacher's "sofa"
-is usually a chair, which Eq. 7's sum of IoUs cannot.
+class it predicts is the true one given what the teachers predict (naive Bayes), from each teacher's
+per-class accuracy (the capability IoUs) or its full confusion on the capability probe images
+(``capability_confusion``); where a teacher predicts a class the probe images never showed (the
+catch-all) it falls back to Eq. 7-8.
 
 Baselines (SAS Table 3): ``add`` = raw sum of the features, ``linear`` = weights proportional to each
 feature's maximum cosine similarity to the vocabulary, ``mean`` = plain average.
@@ -53,6 +54,10 @@ class GuidedFusionConfig:
     dense_teacher: int = 0  # which input is the dense teacher (first by convention)
     # ``confusion`` fusion (beyond SAS, sas3d.fusion.confusion). Our choices, picked on benchmarks/fusion_quality.py
     # and benchmarks/real_scan.py together (README: "Confusion-aware fusion"):
+    # "accuracy": one-coin model from the capability IoUs (K numbers per teacher, less exposed to the probe
+    # images' domain gap); "confusion": the full K x K probe confusion (its off-diagonal entries are what the
+    # gap moves). "accuracy" measured better on all three benchmarks (README).
+    confusion_model: str = "accuracy"
     confusion_rule: str = "posterior"  # "posterior": naive Bayes over all teachers' predictions; "precision": each alone
     confusion_floor: float = 0.05  # share of each P(prediction | true class) spread uniformly (probe images != scenes)
     confusion_temperature: float = 0.1  # predicted classes weigh P^(1/temperature); 1 = the probability itself
@@ -100,9 +105,9 @@ def fuse_teachers(
     n_teachers, k = len(features), text.shape[0]
     text_space = common_text_space([pf.metadata for pf in features], [_teacher_name(pf, i) for i, pf in enumerate(features)])
     scores = None
-    if method == "guided":
+    if method in ("guided", "confusion"):
         if capability_scores is None:
-            raise ConfigError("guided fusion needs capability scores (sas3d capability ... --out cap.json)")
+            raise ConfigError(f"{method} fusion needs capability scores (sas3d capability ... --out cap.json)")
         scores = torch.as_tensor(capability_scores, dtype=torch.float32)
         if scores.shape != (n_teachers, k):
             raise ConfigError(f"capability scores have shape {tuple(scores.shape)}, expected ({n_teachers}, {k})")
@@ -110,14 +115,20 @@ def fuse_teachers(
             raise ConfigError(f"weight_normalisation must be 'sum' or 'paper', got {cfg.weight_normalisation!r}")
         if cfg.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
-    likelihood = None
+    likelihood = unknown = None
     if method == "confusion":
         if capability_confusion is None:
             raise ConfigError("confusion fusion needs the capability's per-class confusion (sas3d capability ... --out cap.json)")
         counts = torch.as_tensor(capability_confusion, dtype=torch.float64)
         if counts.shape != (n_teachers, k, k + 1):
             raise ConfigError(f"capability confusion has shape {tuple(counts.shape)}, expected ({n_teachers}, {k}, {k + 1})")
-        likelihood = confusion_rule.likelihoods(counts, cfg.confusion_floor)
+        if cfg.confusion_model not in confusion_rule.MODELS:
+            raise ConfigError(f"confusion_model must be one of {', '.join(confusion_rule.MODELS)}, got {cfg.confusion_model!r}")
+        if cfg.confusion_model == "accuracy":
+            likelihood = confusion_rule.accuracy_likelihoods(scores, counts, cfg.confusion_floor)
+        else:
+            likelihood = confusion_rule.likelihoods(counts, cfg.confusion_floor)
+        unknown = confusion_rule.unscored(counts)
         if cfg.confusion_rule not in confusion_rule.RULES:
             raise ConfigError(f"confusion_rule must be one of {', '.join(confusion_rule.RULES)}, got {cfg.confusion_rule!r}")
         if cfg.confusion_temperature <= 0:
@@ -138,7 +149,7 @@ def fuse_teachers(
         # An all-zero feature is "no prediction" (a mask teacher without a mask there): not a vote for class 0.
         valid = seen[sl] & (f.abs().amax(dim=-1) > 0)
         any_seen[sl] = valid.any(dim=1)  # a point no teacher predicts at is unseen, not a zero feature
-        w = _weights(f, valid, text, method, scores if method == "guided" else likelihood, cfg, catch_all_index)
+        w = _weights(f, valid, text, method, scores, cfg, catch_all_index, likelihood, unknown)
         weights[sl] = w
         out[sl] = torch.einsum("nt,ntc->nc", w, f)
     if cfg.normalize_output:
@@ -182,10 +193,13 @@ def _weights(
     scores: torch.Tensor | None,
     cfg: GuidedFusionConfig,
     catch_all_index: int | None,
+    likelihood: torch.Tensor | None = None,
+    unknown: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-point teacher weights (n, T), zero for teachers that do not see the point.
 
-    ``scores``: the (T, K) capability for ``guided``, the (T, K, K) likelihoods for ``confusion``."""
+    ``scores``: the (T, K) capability (``guided``, ``confusion``); for ``confusion`` also the (T, K, K)
+    ``likelihood`` and the (T, K) ``unknown`` classes (no probe evidence: Eq. 7-8 where one is predicted)."""
     seen_f = seen.to(torch.float32)
     if method == "add":
         return seen_f
@@ -201,7 +215,11 @@ def _weights(
     assert scores is not None
     pred = sims.argmax(dim=-1)  # (n, T), Eq. 6
     if method == "confusion":
-        w = confusion_rule.teacher_weights(pred, seen, scores, cfg.confusion_rule, cfg.confusion_temperature)
+        assert likelihood is not None and unknown is not None
+        w = confusion_rule.teacher_weights(pred, seen, likelihood, cfg.confusion_rule, cfg.confusion_temperature)
+        uninformed = (unknown[torch.arange(pred.shape[1])[None, :], pred] & seen).any(dim=1)
+        if uninformed.any():
+            w[uninformed] = _weights(f[uninformed], seen[uninformed], text, "guided", scores, cfg, catch_all_index)
         return _keep_dense_catch_all(w, seen, pred, cfg, catch_all_index)
     # w[n, t] = sum over seen teachers s of S[t, pred[n, s]]   (Eq. 7)
     per_pair = scores[torch.arange(scores.shape[0])[None, None, :], pred[:, :, None]]  # (n, s, t) = S[t, pred[n,s]]

@@ -190,9 +190,8 @@ def combine_teachers(features: Sequence[PointFeatures], teacher_names: Sequence[
             raise ConfigError(f"{method} fusion needs a capability file (sas3d capability ... --out cap.json)")
         identities = [(pf.metadata or {}).get(TEACHER) for pf in features]
         rows = capability.bind(list(teacher_names), identities, label_set.classes, text_space_of(encoder), capability_source)
-        if method == "guided":
-            scores = torch.as_tensor(capability.scores_for(rows, label_set.classes), dtype=torch.float32)
-        else:
+        scores = torch.as_tensor(capability.scores_for(rows, label_set.classes), dtype=torch.float32)
+        if method == "confusion":
             confusion = torch.as_tensor(capability.confusion_for(rows, label_set.classes))
     fused = fuse_teachers(list(features), class_text, method, scores, GuidedFusionConfig(), label_set.catch_all_index,
                           teacher_names=list(teacher_names), capability_source=capability_source, capability_confusion=confusion)
