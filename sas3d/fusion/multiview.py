@@ -69,9 +69,11 @@ class FusionConfig:
     # point's sum row is fetched from memory once per group instead of once per frame (bit-identical
     # sums; benchmarks/fusion.py: 512-d row adds 19 -> 13 ms per frame with 4). The maps of up to two
     # groups are alive at once (one being added, the next being collected), so a group holds at most
-    # `group_bytes` of maps: 4 frames of 512-d 240x320 float32 maps (157 MiB each) fit.
+    # `group_bytes` of maps: 4 frames of two teachers' 512-d 240x320 float32 maps (157 MiB each) fit,
+    # i.e. up to 2.5 GB of maps alive; lower it on a small machine (groups of 2 with two such
+    # teachers made the second teacher cost 133 % of the first instead of 80 %).
     frame_group: int = 4
-    group_bytes: int = 640 << 20
+    group_bytes: int = 1280 << 20
 
 
 def fusion_config_for(kind: str) -> FusionConfig:
