@@ -67,7 +67,7 @@ class FusionConfig:
     cpu_kernel: str = "numba"
     # numba path: the row adds of this many consecutive frames run as one pass over the points, so each
     # point's sum row is fetched from memory once per group instead of once per frame (bit-identical
-    # sums; benchmarks/fusion.py: 512-d row adds 19 -> 13 ms per frame with 4). The maps of up to two
+    # sums; 512-d rows, 40k pairs per frame, one thread: 19 -> 13 ms per frame with 4). The maps of up to two
     # groups are alive at once (one being added, the next being collected), so a group holds at most
     # `group_bytes` of maps: 4 frames of two teachers' 512-d 240x320 float32 maps (157 MiB each) fit,
     # i.e. up to 2.5 GB of maps alive; lower it on a small machine (groups of 2 with two such
