@@ -66,17 +66,23 @@ def test_cli_instances_end_to_end(scan, capsys):
     ids = ply.vertex["instance"]
     assert ids.shape == obj.shape and (ids >= 0).all()
     classes = {r["id"]: r["class"] for r in js["instances"]}
+    scores = {r["id"]: r["score"] for r in js["instances"]}
     for o, name in enumerate(["floor", "chair", "table", "chair"]):
         # each object shows (almost) as one instance of its class (kNN superpoints blur the floor contact a little)
         top = np.bincount(ids[obj == o]).argmax()
-        assert np.mean(ids[obj == o] == top) > 0.95 and classes[int(top)] == name
+        assert np.mean(ids[obj == o] == top) > 0.95
         assert np.mean(obj[ids == top] == o) > 0.95
+        if name == "floor":  # a surface, never an instance's class (label.stuff_classes): it takes
+            # some object class and ranks last (its points agree with no object)
+            assert classes[int(top)] not in ("floor", "wall", "ceiling") and scores[int(top)] == min(scores.values()) < 0.05
+        else:
+            assert classes[int(top)] == name
     q = json.loads((out / "queries.json").read_text())["queries"][0]
     assert q["instances"][0]["class_name"] == "chair" and q["instances"][1]["class_name"] == "chair"
     from sas3d.instances.readers import load_proposals
 
     exported = load_proposals(out / "scannet" / f"{NAME}.txt", len(obj))
-    assert sorted(set(exported.labels.tolist())) == [2, 5, 7]
+    assert {5, 7} <= set(exported.labels.tolist()) and 2 not in exported.labels.tolist()  # NYU40 2 = floor
 
 
 def test_cli_eval_instance_task(scan):
