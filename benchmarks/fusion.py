@@ -56,13 +56,6 @@ MAP_H, MAP_W = 240, 320  # OpenScene feature resolution for 640x480 frames
 MAX_FP16_DIFF = 0.0  # same float32 additions in the same order, same divide: bit-identical
 
 
-def torch_zeros_like_bytes(nbytes: int):
-    """A stand-in with the byte size of one map (``_group_size`` reads numel and element size only)."""
-    import torch
-
-    return torch.empty(1).expand(nbytes // 4)  # no memory behind it
-
-
 def seven_scenes_frames(root: Path, count: int):
     """Frames of the 7-Scenes excerpt (depth camera intrinsics, every frame shipped)."""
     from sas3d.scene.types import Frame
@@ -250,11 +243,11 @@ def main() -> None:
     print(f"ours peak memory growth: {small} frames {ours_small['peak_growth_mib']:.0f} MiB, "
           f"{len(frames)} frames {ours['peak_growth_mib']:.0f} MiB "
           f"(running sum alone: {n * args.dim * 4 / 2**20:.0f} MiB)")
-    from sas3d.fusion.multiview import FusionConfig, _group_size
+    from sas3d.fusion.multiview import FusionConfig, frames_per_group
 
     cfg, map_bytes = FusionConfig(), MAP_H * MAP_W * args.dim * 4
     for teachers in (1, 2):
-        group = _group_size(cfg, [torch_zeros_like_bytes(map_bytes)] * teachers)
+        group = frames_per_group(cfg, teachers * map_bytes)
         print(f"maps alive with a teacher making a new map per frame ({teachers} teacher(s)): groups of {group} frames, "
               f"at most {2 * group * teachers * map_bytes / 2**20:.0f} MiB of maps (FusionConfig.frame_group "
               f"{cfg.frame_group}, group_bytes {cfg.group_bytes / 2**20:.0f} MiB)")

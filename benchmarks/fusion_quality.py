@@ -100,9 +100,9 @@ def main() -> int:
         fused = dict(zip(args.teachers, per_teacher))
         for method in fusions:
             fused[method] = fuse_teachers(
-                per_teacher, vocab_text, method, scores if method in ("guided", "confusion") else None, cfg,
+                per_teacher, vocab_text, method, scores, cfg,
                 cap.catch_all_index, teacher_names=args.teachers, capability_source=str(cap_path),
-                capability_confusion=confusion if method == "confusion" else None,
+                capability_confusion=confusion,
             )
         for m in methods:
             pred = classify(fused[m].features.float(), eval_text.embeddings, seen=fused[m].seen)

@@ -125,7 +125,7 @@ def test_frame_group_sums_add_frames_in_order(tmp_path, group):
         for frame, vis in zip(scene.frames[start:start + group], visible[start:start + group]):
             frames.append(frame, vis)
         fmaps = [torch.from_numpy(m) for m in maps[start:start + group]]
-        for task in acc.add_group_tasks(frames.kernel_arrays(group), fmaps, group, block=16, tasks=7):
+        for task in acc.add_group_tasks(frames.kernel_arrays(group), fmaps, block=16, tasks=7):
             task()
 
     def numpy_sums(order):
@@ -143,12 +143,13 @@ def test_frame_group_sums_add_frames_in_order(tmp_path, group):
 
 def test_frame_group_is_capped_by_the_bytes_of_its_maps():
     """A group holds frame_group frames, fewer when their maps would exceed group_bytes (at least one)."""
-    from sas3d.fusion.multiview import _group_size
+    from sas3d.fusion.multiview import frames_per_group
 
-    maps = [torch.zeros(10, 10, 4), torch.zeros(5, 5, 2)]  # 1600 + 200 bytes per frame
-    assert _group_size(FusionConfig(frame_group=4, group_bytes=10_000), maps) == 4
-    assert _group_size(FusionConfig(frame_group=4, group_bytes=3_600), maps) == 2
-    assert _group_size(FusionConfig(frame_group=4, group_bytes=100), maps) == 1
+    maps = [torch.zeros(10, 10, 4), torch.zeros(5, 5, 2)]
+    frame_bytes = sum(m.numel() * m.element_size() for m in maps)  # 1600 + 200 bytes per frame
+    assert frames_per_group(FusionConfig(frame_group=4, group_bytes=10_000), frame_bytes) == 4
+    assert frames_per_group(FusionConfig(frame_group=4, group_bytes=3_600), frame_bytes) == 2
+    assert frames_per_group(FusionConfig(frame_group=4, group_bytes=100), frame_bytes) == 1
 
 
 def test_depth_is_read_once_per_frame(tmp_path, monkeypatch):

@@ -164,7 +164,7 @@ def _combine(fused, fusion, capability, rows, args, encoder):
         scores = torch.from_numpy(capability.scores_for(rows, classes).astype(np.float32))
         if fusion == "confusion":
             confusion = torch.from_numpy(capability.confusion_for(rows, classes))
-    return fuse_teachers(fused, class_text, fusion, scores if fusion in CAPABILITY_FUSIONS else None, None, catch_all,
+    return fuse_teachers(fused, class_text, fusion, scores, None, catch_all,
                          capability_source=str(args.capability) if args.capability else None, capability_confusion=confusion)
 
 

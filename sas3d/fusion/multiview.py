@@ -183,12 +183,12 @@ class _Accumulator:
             return [partial(self._add_torch, frame, visible, table, w, h)]
         group = _FrameGroup()
         group.append(frame, visible)
-        return self.add_group_tasks(group.kernel_arrays(1), [feature_map], 1)
+        return self.add_group_tasks(group.kernel_arrays(1), [feature_map])
 
-    def add_group_tasks(self, arrays: tuple, feature_maps: list[torch.Tensor], size: int, block: int = 512,
+    def add_group_tasks(self, arrays: tuple, feature_maps: list[torch.Tensor], block: int = 512,
                         tasks: int = 32) -> list[Callable[[], None]]:
-        """The numba row adds of a frame group (``arrays``: :meth:`_FrameGroup.kernel_arrays` of ``size``
-        frames; ``feature_maps[f]`` (h, w, C) of frame f), as ``tasks`` tasks over disjoint point ranges
+        """The numba row adds of a frame group (``arrays``: :meth:`_FrameGroup.kernel_arrays`, padded to
+        its group size; ``feature_maps[f]`` (h, w, C) of frame f), as ``tasks`` tasks over disjoint point ranges
         that may run in any order or at the same time; each walks its points in blocks of ``block``
         (:func:`sas3d.fusion.kernels.add_group_kernel`)."""
         channels = int(feature_maps[0].shape[2])
@@ -197,7 +197,7 @@ class _Accumulator:
         tables = [m.reshape(-1, channels).contiguous().numpy() for m in feature_maps]
         map_widths = [int(m.shape[1]) for m in feature_maps]
         map_heights = [int(m.shape[0]) for m in feature_maps]
-        pad = size - len(tables)
+        pad = len(arrays[2]) - 1 - len(tables)  # offsets hold group size + 1 entries
         tables, map_widths, map_heights = tables + tables[:1] * pad, map_widths + [1] * pad, map_heights + [1] * pad
         kernel = add_group_kernel()
         point_idx, pixel_idx, offsets, widths, heights = arrays
@@ -316,7 +316,7 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
                 for acc, fmap in zip(accumulators, feature_maps):
                     acc.add(frame, visible, fmap)
             else:
-                group_size = group_size or _group_size(cfg, feature_maps)
+                group_size = group_size or frames_per_group(cfg, sum(m.numel() * m.element_size() for m in feature_maps))
                 group.append(frame, visible)
                 group_maps.append(feature_maps)
                 if len(group.frames) == group_size:
@@ -335,11 +335,11 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
     return [_result(scene, acc, c, teacher_names, frames_used, cfg) for acc, c, teacher_names in zip(accumulators, channels, names)]
 
 
-def _group_size(cfg: FusionConfig, feature_maps: list[torch.Tensor]) -> int:
-    """Frames per add pass: ``cfg.frame_group``, fewer when a group's maps would exceed ``cfg.group_bytes``."""
+def frames_per_group(cfg: FusionConfig, frame_bytes: int) -> int:
+    """Frames per add pass for frames whose maps (all teachers) take ``frame_bytes``: ``cfg.frame_group``,
+    fewer when a group's maps would exceed ``cfg.group_bytes``."""
     if cfg.frame_group < 1:
         raise ConfigError(f"frame_group must be >= 1, got {cfg.frame_group}")
-    frame_bytes = sum(m.numel() * m.element_size() for m in feature_maps)
     return max(1, min(int(cfg.frame_group), int(cfg.group_bytes) // max(1, frame_bytes)))
 
 
@@ -348,7 +348,7 @@ def _submit_group(overlap: Overlap, accumulators: list[_Accumulator], group: _Fr
     """Wait for the previous group's adds (helping), then start this group's in the background."""
     arrays = group.kernel_arrays(size)
     tasks = [task for t, acc in enumerate(accumulators)
-             for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps], size)]
+             for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps])]
     overlap.finish()
     overlap.submit(tasks)
 
@@ -437,4 +437,4 @@ def fuse_teacher(
     return result
 
 
-__all__ = ["FusionConfig", "fusion_config_for", "fuse_frames", "fuse_maps", "fuse_teacher", "fuse_teachers_multiview", "map_rows"]
+__all__ = ["FusionConfig", "frames_per_group", "fusion_config_for", "fuse_frames", "fuse_maps", "fuse_teacher", "fuse_teachers_multiview", "map_rows"]

@@ -154,10 +154,10 @@ def _fuse(cfg: PipelineConfig, scenes: dict[Path, Scene], encoder: Any, class_te
     with _Timer(timings, "add / linear / guided / confusion fusion", log):
         for scene in scenes.values():
             for method in FUSION_ROWS:
-                fused = fuse_teachers(per_scene[scene.name], class_text, method, cap_scores if method in ("guided", "confusion") else None,
+                fused = fuse_teachers(per_scene[scene.name], class_text, method, cap_scores,
                                       GuidedFusionConfig(), label_set.catch_all_index, teacher_names=teacher_names,
                                       capability_source=str(out / "capability.json"),
-                                      capability_confusion=cap_confusion if method == "confusion" else None)
+                                      capability_confusion=cap_confusion)
                 fused.save(fused_dirs[method] / f"{scene.name}.safetensors")
     return teacher_names, simulated, fused_dirs, ranking
 
