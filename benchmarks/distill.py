@@ -15,8 +15,11 @@ pipeline and its orderings working, not what real LSeg / SEEM would score.
    built in the loop, the TESD history as (N, C) features copied whole at every checkpoint) and of
    this one (one process; then ``engine.procs=2`` gloo ranks with a loader worker each). Each is run
    for 1 and for ``--engine-epochs`` epochs and the per-epoch cost is the difference divided by the
-   extra epochs, so start-up (imports, text encoder, scene loading) cancels. Both runs train the same
-   scene-steps on the same data; voxels per epoch come from this engine's metrics.csv.
+   extra epochs, so start-up (imports, text encoder, scene loading) cancels. The runs train on every
+   built room (training and held-out) cut to a multiple of the batch, so both engines train each room
+   once per epoch (with a remainder the previous engine's last batch is short and this one's wraps
+   around, which would credit the previous engine with voxels it never trained); voxels per epoch
+   come from this engine's metrics.csv.
 3. Costs (``--skip-costs``): voxels per second of one training step for the demo-width and full-width
    MinkUNet18A at 5 cm and 2 cm; peak memory; inference time per scene against multi-view fusion of
    one teacher over the same views (the per-scene 2D work the student replaces at test time).
@@ -34,6 +37,7 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -272,17 +276,49 @@ def _timed_train(source: Path, scenes: list[Path], fused: Path, out: Path, epoch
     return time.perf_counter() - start
 
 
+ENGINE_BATCH = 2  # global batch of the engine comparison
+
+
+def previous_engine_passes(num_scenes: int, world: int) -> int:
+    """Scene-passes per epoch of the previous engine (commit 9a54bf5): each rank pads its share to
+    ceil(n / W) scenes and walks it in chunks of B / W, the last chunk holding what is left (so each
+    padded scene is trained once, whatever B)."""
+    return math.ceil(num_scenes / world) * world
+
+
+def this_engine_passes(num_scenes: int, batch: int) -> int:
+    """Scene-passes per epoch of this engine (:class:`sas3d.distill.batching.EpochPlan`): ceil(n / B)
+    full global batches, the last one wrapped around the epoch's order."""
+    return math.ceil(num_scenes / batch) * batch
+
+
+def engine_scenes(rooms: list[Path], batch: int) -> list[Path]:
+    """The rooms of the engine comparison: ``rooms`` cut to a multiple of ``batch``, so that the previous
+    engine (one process) and this one train the same scene-passes per epoch."""
+    scenes = rooms[: len(rooms) - len(rooms) % batch]
+    if not scenes:
+        raise SystemExit(f"the engine comparison needs >= {batch} rooms, got {len(rooms)}")
+    if previous_engine_passes(len(scenes), 1) != this_engine_passes(len(scenes), batch):
+        raise SystemExit(f"the engines would train different scene-passes per epoch on {len(scenes)} rooms")
+    return scenes
+
+
 def engine_speed(args: argparse.Namespace, data: dict) -> float | None:
     """Per-epoch cost of the previous engine and of this one; returns this engine (2 ranks) / previous."""
     from sas3d.cli import main as cli_main
 
     fused = args.out / "engine" / "fused"
-    scenes = list(data["train"])
+    # Every built room (training + held-out), cut to a multiple of the global batch: the previous
+    # engine's last batch of an epoch holds the scenes left over (3 rooms, batch 2: 2 + 1 scene-passes),
+    # this engine's wraps around to a full batch (2 + 2), so with a remainder the two would train
+    # different amounts per epoch. With none, both train every room once per epoch.
+    scenes = engine_scenes(list(data["train"]) + list(data["val"]), ENGINE_BATCH)
+    passes = {"previous": previous_engine_passes(len(scenes), 1), "this": this_engine_passes(len(scenes), ENGINE_BATCH)}
     for scene in scenes:
         target = fused / f"{scene.name}.safetensors"
         if not target.is_file():
             assert cli_main(["fuse", str(scene), "--teacher", "simulated:lseg", "--out", str(target), "--no-progress"]) == 0
-    common = ["data.voxel_size=0.05", f"optim.lr={DEMO_LR}", f"optim.final_lr={DEMO_FINAL_LR}", "optim.batch_size=2",
+    common = ["data.voxel_size=0.05", f"optim.lr={DEMO_LR}", f"optim.final_lr={DEMO_FINAL_LR}", f"optim.batch_size={ENGINE_BATCH}",
               f"model.options={{planes: {DEMO_PLANES}, init_dim: {DEMO_PLANES[0]}}}", "schedule.stage1_fraction=0.5",
               "schedule.keep_checkpoints=1"]
     engines = [("previous engine (1 process, 1 thread)", None, [])]
@@ -292,7 +328,8 @@ def engine_speed(args: argparse.Namespace, data: dict) -> float | None:
     if baseline is None:
         engines = engines[1:]
     epochs = args.engine_epochs
-    print(f"\nTraining engine: SAS recipe on {len(scenes)} generated rooms, demo student at 5 cm, batch 2, augmentation on, "
+    print(f"\nTraining engine: SAS recipe on {len(scenes)} generated rooms ({passes['this']} scene-passes per epoch in both engines), "
+          f"demo student at 5 cm, batch {ENGINE_BATCH}, augmentation on, "
           f"{epochs} epochs ({epochs // 2} with TESD); per-epoch cost = (T[{epochs} epochs] - T[1 epoch]) / {epochs - 1}")
     rates = {}
     voxels = None

@@ -27,7 +27,10 @@ first line of each cold row was the top stall, hence the prefetch), the final di
 conversion ~0.1-0.3 s once. Two threads share the row adds (the caller's thread after it decoded
 and projected the next frames), so a second teacher costs its row adds only. Half of the row-add
 time was the sum rows (19.5 vs 10 ms per frame with the sums kept in cache), so the adds of
-``FusionConfig.frame_group`` frames run as one pass over the points (13 ms per frame with 4).
+``FusionConfig.frame_group`` frames run as one pass over the points (13 ms per frame with 4). The
+48k visible points of a frame read only 29k distinct map cells, so the points are fused in Morton
+order (``FusionConfig.point_order``): points that share a cell are then in the same block and the
+cell's row is fetched once (3.48 -> 3.08 s for the run, median of 3 A/B runs).
 
 Memory: the pool's maps are shared, so the peak reported here does not include the maps a real
 teacher produces frame after frame; with those, up to two groups of frames' maps are alive (the

@@ -429,7 +429,7 @@ def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
     assert tie_pixels.tolist() == [4 * 64 + 4, 8 * 64 + 6, 10 * 64 + 20, 46 * 64 + 62]
     points = np.concatenate([v[1] for v in views] + [ties])
     cfg = ProjectionConfig(border_margin=margin, depth_threshold=0.25, use_depth=use_depth)
-    projectors = [_Projector(points, torch.device("cpu"), FusionConfig(cfg, cpu_kernel=k)) for k in ("numba", "torch")]
+    projectors = [_Projector(points, torch.device("cpu"), FusionConfig(cfg, cpu_kernel=k, point_order="input")) for k in ("numba", "torch")]
     accs = [_Accumulator(projector, chunk_size=64) for projector in projectors]
     frames = [(f, d) for f, _, d in views] + [(tie_frame, tie_depth)]
     for i, (frame, depth) in enumerate(frames):
