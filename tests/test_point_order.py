@@ -39,6 +39,8 @@ def test_morton_order_groups_octree_cells_and_is_scale_free():
     runs = 1 + int(np.count_nonzero(np.diff(cluster[order])))
     assert runs == 8
     np.testing.assert_array_equal(morton_order(points * 1000.0 - 5.0), order)
+    points[[3, 7]] = [np.nan, 0.0, 0.0], [np.inf, 1.0, 1.0]  # non-finite points last, in input order
+    assert morton_order(points)[-2:].tolist() == [3, 7]
 
 
 def _brute_force_mean(points, frames, maps, cfg):

@@ -39,17 +39,22 @@ def morton_codes(cells: np.ndarray) -> np.ndarray:
 def morton_order(points: np.ndarray) -> np.ndarray:
     """(N,) int64 permutation that sorts ``points`` (N, 3) by Morton code on a 2^21 grid over their
     bounding cube (scale-free: the same order for a room in metres or millimetres); ties keep the
-    input order."""
+    input order, and points with a NaN / inf coordinate come last (scene readers refuse them, but a
+    Scene built in code may hold them; projection never sees them)."""
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) == 0:
         return np.zeros(0, dtype=np.int64)
-    low = pts.min(axis=0)
-    extent = float((pts.max(axis=0) - low).max())
-    if not np.isfinite(extent):
-        raise ValueError("points contain NaN or inf")
+    finite = np.isfinite(pts).all(axis=1)
+    if not finite.any():
+        return np.arange(len(pts), dtype=np.int64)
+    low = pts[finite].min(axis=0)
+    extent = float((pts[finite].max(axis=0) - low).max())
     scale = ((1 << BITS) - 1) / extent if extent > 0 else 0.0
-    cells = np.floor((pts - low) * scale).astype(np.int64)
-    return np.argsort(morton_codes(cells), kind="stable").astype(np.int64)
+    cells = np.zeros((len(pts), 3), dtype=np.int64)
+    cells[finite] = np.floor((pts[finite] - low) * scale).astype(np.int64)
+    codes = morton_codes(cells)
+    codes[~finite] = np.iinfo(np.uint64).max
+    return np.argsort(codes, kind="stable").astype(np.int64)
 
 
 __all__ = ["morton_codes", "morton_order"]
