@@ -153,6 +153,15 @@ def test_student_rows_give_the_full_outputs_values_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(IndexError, match="did not ask"):
         pred[torch.tensor([0])]
+    # full=False: the same rows, without the head on every voxel
+    head_rows = []
+    hook = model.head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]))
+    lean = predict_rows(model, model, feats, coords, 1, sets, full=False)
+    hook.remove()
+    assert head_rows == [5]
+    torch.testing.assert_close(lean[wanted], full[wanted].detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="full output"):
+        lean.detach()
     # disjoint sets: each is answered with its own block, values and gradients as the full call's
     disjoint = [torch.tensor([7, 3, 11]), torch.tensor([400, 20])]
     pred = predict_rows(model, model, feats, coords, 1, disjoint)

@@ -320,3 +320,26 @@ def test_one_scene_per_step_students_normalise_with_the_scene_statistics(dataset
     forced = _cfg(dataset, "openscene", epochs=1, extra=["optim.batch_size=1", "model.norm_stats=running"])
     _train(dataset, tmp_path / "forced", forced)
     assert model_norm_stats(load_checkpoint(tmp_path / "forced" / "last.safetensors")[0]) == "running"
+
+
+@pytest.mark.parametrize("recipe,full_in_stage2", [("sas", True), ("ggsd", False)])
+def test_the_head_runs_on_every_voxel_only_in_steps_that_read_it(dataset, tmp_path, recipe, full_in_stage2):
+    """A step computes the (M, planes) x (planes, C) head on every voxel only when its losses read the
+    full output (TESD's stage-2 class scores); otherwise only on the loss rows."""
+    from sas3d.distill.batching import StepBatches
+    from sas3d.distill.trainer import Trainer
+
+    cfg = _cfg(dataset, recipe)
+    trainer = Trainer(cfg, dataset["scenes"], dataset["fused"], tmp_path / "run", text_features=dataset["text"])
+    batch = StepBatches(trainer.scenes, trainer.plan, 0, cfg.data, point_target=cfg.loss.point_target, num_classes=0)[(0, 0)]
+    batch.epoch = cfg.stage1_epochs
+    head_rows: list[int] = []
+    head = trainer.model.head  # GGSD's EMA teacher is a deep copy (hooks included): count the student's only
+    head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]) if module is head else None)
+    for stage in (1, 2):
+        head_rows.clear()
+        trainer.train_step(batch, stage, 1e-3)
+        rows = int(torch.cat(trainer._loss_rows(batch, stage)).unique().numel())
+        full = stage == 2 and full_in_stage2
+        assert rows < batch.num_voxels
+        assert head_rows == ([batch.num_voxels, rows] if full else [rows]), (stage, head_rows)

@@ -6,7 +6,9 @@ Each strategy owns its state and exposes the same small interface to the trainer
   it keeps the step's pseudo-labels in ``last_labels`` (one (Ms,) tensor per scene part) for
   inspection;
 - ``after_step(model)`` -> update state that follows the optimiser (the EMA teacher);
-- ``checkpoint_state()`` / ``restore(meta, tensors)`` -> what a checkpoint stores and gives back.
+- ``checkpoint_state()`` / ``restore(meta, tensors)`` -> what a checkpoint stores and gives back;
+- ``reads_full_output`` -> whether ``loss`` reads the student's output on every voxel
+  (``pred.detach()``); only then does a step compute the head on all of them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class TESD:
     """Temporal-ensembling self-distillation (SAS 3.4, Eq. 11-13) with an on-disk history."""
 
     name = "tesd"
+    reads_full_output = True  # loss() reads pred.detach(): every voxel's class scores
 
     def __init__(self, cfg: TrainConfig, text: torch.Tensor, root: Path, plan: EpochPlan):
         self.cfg, self.text, self.plan = cfg, text, plan
@@ -154,6 +157,7 @@ class GGSD:
     """GGSD 3.4: EMA teacher -> per-voxel argmax -> majority vote per superpoint -> contrastive CE."""
 
     name = "ggsd"
+    reads_full_output = False  # its pseudo-labels come from the EMA teacher's own forward
 
     def __init__(self, cfg: TrainConfig, text: torch.Tensor, model: torch.nn.Module):
         self.cfg, self.text = cfg, text

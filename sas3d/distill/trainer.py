@@ -284,8 +284,9 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        full = stage == 2 and getattr(self.strategy, "reads_full_output", False)
         pred = predict_rows(self.net, self.model, batch.features.to(dev), batch.coords.to(dev), batch.batch_size,
-                            self._loss_rows(batch, stage))
+                            self._loss_rows(batch, stage), full=full)
         parts = self._losses(pred, batch, stage)
         loss = (cfg.loss.point * parts["point"] + cfg.loss.superpoint * parts["superpoint"]
                 + cfg.loss.self_weight * parts["self"] + cfg.loss.labels * parts["labels"] + cfg.loss.target_ce * parts["target_ce"])

@@ -113,13 +113,15 @@ class MinkUNet18A(nn.Module):
         return [max(SPATIAL_MULTIPLE, -(-(int(t) + 1) // SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE) for t in top]
 
     def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor, batch_size: int,
-                rows: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(M, out_channels) outputs; with ``rows`` (R,) the pair ``(outputs[rows], outputs.detach())``.
+                rows: torch.Tensor | None = None, full: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, out_channels) outputs; with ``rows`` (R,) the pair ``(outputs[rows], outputs.detach())``,
+        or ``(outputs[rows], None)`` when ``full`` is False.
 
         The head is a per-voxel linear map, so the rows a training loss uses are computed with grad
         and the rest only without it: the (M, out_channels) autograd graph (and its zero-filled
-        gradient buffers) shrinks to (R, out_channels). The trainer uses this; the values are those
-        of the plain call."""
+        gradient buffers) shrinks to (R, out_channels). The trainer uses this, asking for the full
+        output only on the steps that read it (TESD's), since the head on every voxel is an (M, planes) x
+        (planes, out_channels) product; the values are those of the plain call."""
         if voxel_features.ndim != 2 or voxel_features.shape[1] != self.in_channels:
             raise ValueError(f"expected features (M,{self.in_channels}), got {tuple(voxel_features.shape)}")
         if voxel_coords.ndim != 2 or voxel_coords.shape != (voxel_features.shape[0], 4):
@@ -130,8 +132,10 @@ class MinkUNet18A(nn.Module):
         features = self._forward(voxel_features.float(), coords, int(batch_size))
         if rows is None:
             return self.head(features)
-        with torch.no_grad():
-            everything = self.head(features)
+        everything = None
+        if full:
+            with torch.no_grad():
+                everything = self.head(features)
         return self.head(features.index_select(0, rows)), everything
 
     def _forward(self, voxel_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
