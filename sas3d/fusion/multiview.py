@@ -9,7 +9,9 @@ visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), the row adds of
 row is fetched from memory once per group, not once per frame; the sums are bit-identical), in a
 background thread while the next group's maps are requested, its depths decoded and its points
 projected; the caller's thread then helps finish them (:class:`sas3d.fusion.overlap.Overlap`). At
-most two groups' maps are alive at a time.
+most two groups' maps are alive at a time. The CPU kernels see the points in Morton order
+(``FusionConfig.point_order``), so the points that read the same map cell are added in the same
+block; the results come back in the scene's order.
 
 Validity. A pixel whose teacher feature is exactly zero in every channel carries no prediction (a
 mask teacher paints zeros where it has no mask, or where its segment id has no label): it is not a
