@@ -179,11 +179,14 @@ def test_student_rows_give_the_full_outputs_values_and_gradients():
             self.lin = torch.nn.Linear(1, 4)
 
         def forward(self, voxel_features, voxel_coords, batch_size):
+            self.calls += 1
             return self.lin(voxel_features)
 
     plain = Plain()
+    plain.calls = 0
     assert accepts_rows(model) and not accepts_rows(plain)
     out = predict_rows(plain, plain, feats, coords, 1, sets)
+    assert plain.calls == 1  # one forward per step
     torch.testing.assert_close(out[wanted], plain(feats, coords, 1)[wanted])
 
 

@@ -73,7 +73,6 @@ def predict_rows(net: torch.nn.Module, model: torch.nn.Module, features: torch.T
         if torch.unique(rows).shape[0] != rows.shape[0]:
             sets = [torch.unique(rows)]
     if not accepts_rows(model):
-        full = net(features, coords, batch_size)
         out = net(features, coords, batch_size)
         return StepPredictions(out, [torch.arange(out.shape[0], device=device)], out.detach(), out.shape[0])
     rows = torch.cat(sets) if sets else torch.zeros(0, dtype=torch.long, device=device)

@@ -81,8 +81,8 @@ class FusionConfig:
     # the scene's order at the end, or in the scene's order ("input"); the same sums bit for bit. A
     # 2x2-pixel map cell is usually read by several points (7-Scenes, 240x320 maps: 48k visible points
     # per frame read 29k distinct cells); in Morton order those points sit in the same block of the add
-    # pass, so a cell's row comes from memory once, not once per point (benchmarks/fusion.py: 20 % less
-    # time).
+    # pass, so a cell's row comes from memory once, not once per point (benchmarks/fusion.py setting,
+    # A/B: 3.08 vs 3.48 s).
     point_order: str = "morton"
 
 
