@@ -312,8 +312,7 @@ def engine_speed(args: argparse.Namespace, data: dict) -> float | None:
     # engine's last batch of an epoch holds the scenes left over (3 rooms, batch 2: 2 + 1 scene-passes),
     # this engine's wraps around to a full batch (2 + 2), so with a remainder the two would train
     # different amounts per epoch. With none, both train every room once per epoch.
-    scenes = engine_scenes(list(data["train"]) + list(data["val"]), ENGINE_BATCH)
-    passes = {"previous": previous_engine_passes(len(scenes), 1), "this": this_engine_passes(len(scenes), ENGINE_BATCH)}
+    scenes = engine_scenes(list(data["train"]) + list(data["val"]), ENGINE_BATCH)  # each trained once per epoch
     for scene in scenes:
         target = fused / f"{scene.name}.safetensors"
         if not target.is_file():
@@ -328,7 +327,7 @@ def engine_speed(args: argparse.Namespace, data: dict) -> float | None:
     if baseline is None:
         engines = engines[1:]
     epochs = args.engine_epochs
-    print(f"\nTraining engine: SAS recipe on {len(scenes)} generated rooms ({passes['this']} scene-passes per epoch in both engines), "
+    print(f"\nTraining engine: SAS recipe on {len(scenes)} generated rooms ({len(scenes)} scene-passes per epoch in both engines), "
           f"demo student at 5 cm, batch {ENGINE_BATCH}, augmentation on, "
           f"{epochs} epochs ({epochs // 2} with TESD); per-epoch cost = (T[{epochs} epochs] - T[1 epoch]) / {epochs - 1}")
     rates = {}

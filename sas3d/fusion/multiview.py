@@ -237,12 +237,15 @@ class _Accumulator:
             chunk = torch.index_select(table, 0, rows[start:stop], out=self.buffer[: stop - start])
             self.sum.index_add_(0, point_idx[start:stop], chunk)
 
+    def _to_scene_order(self, rows: torch.Tensor, out: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Write accumulator rows ``start..start + len(rows)`` into ``out`` at their scene points' rows
+        (``self.order`` is set)."""
+        return out.index_copy_(0, self.order[start:start + len(rows)], rows)
+
     def seen(self) -> torch.Tensor:
         """(N,) bool in the scene's point order: the point has at least one view."""
         seen = self.count > 0
-        if self.order is None:
-            return seen
-        return torch.empty_like(seen).index_copy_(0, self.order, seen)
+        return seen if self.order is None else self._to_scene_order(seen, torch.empty_like(seen))
 
     def mean(self, chunk_rows: int = 8192) -> torch.Tensor:
         """The per-view mean as float16 on the CPU, in the scene's point order, zeros where unseen.
@@ -260,8 +263,7 @@ class _Accumulator:
                 return self.sum.to(torch.float16)
             out = torch.empty(self.sum.shape, dtype=torch.float16)
             for start in range(0, self.num_points, chunk_rows):
-                rows = slice(start, start + chunk_rows)
-                out.index_copy_(0, self.order[rows], self.sum[rows].to(torch.float16))
+                self._to_scene_order(self.sum[start:start + chunk_rows].to(torch.float16), out, start)
             return out
         out = torch.empty(self.sum.shape, dtype=torch.float16)
         for start in range(0, self.num_points, chunk_rows):
