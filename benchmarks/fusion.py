@@ -32,6 +32,16 @@ time was the sum rows (19.5 vs 10 ms per frame with the sums kept in cache), so 
 order (``FusionConfig.point_order``): points that share a cell are then in the same block and the
 cell's row is fetched once (3.48 -> 3.08 s for the run, median of 3 A/B runs).
 
+Later profile (thread CPU seconds for the whole run, one teacher, 200 frames, idle machine): depth
+decoding 0.92-1.04 (PIL; 3.8 ms per PNG, of which zlib inflate 1.5), projection 0.32 (0.39 before
+frustum culling of point runs), row adds 2.56 (groups of 8), final divide and float16 0.17, zeroing
+the sums 0.11; 4.5-4.7 s of CPU over 2.4 s of wall clock, so both cores are busy, the row adds at the
+memory bandwidth. What moved the wall clock (A/B, alternating runs): groups of 8 frames instead of 4
+(2.46-2.48 vs 2.64-2.72 s). Within noise each: culling (0.07 s of CPU), both threads sharing the
+decoding, add tasks of equal pair counts instead of equal point ranges (median 2.39 vs 2.44 s), the
+final divide on both threads; all of them together with groups of 8: 2.39-2.46 s. A bug fixed on the way: numba recompiled the row-add kernel in every process (1-2.5 s
+per group size), and the two-teacher run, whose group size the warm-up had not compiled, paid it.
+
 Memory: the pool's maps are shared, so the peak reported here does not include the maps a real
 teacher produces frame after frame; with those, up to two groups of frames' maps are alive (the
 line "maps alive" prints that bound for these maps).

@@ -165,7 +165,8 @@ def test_depth_is_read_once_per_frame(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sas3d.scene.images, "read_depth", counting_read_depth)
     fuse_teachers_multiview(scene, teachers, FusionConfig(PROJECTION), progress=False)
-    assert reads == [str(f.depth_path) for f in scene.frames if f.depth_path is not None]
+    # Once each; the order may vary (the two fusion threads share the decoding).
+    assert sorted(reads) == sorted(str(f.depth_path) for f in scene.frames if f.depth_path is not None)
     assert len(reads) == 4
     for teacher in teachers:
         assert teacher.calls == [str(f.color_path) for f in scene.frames]

@@ -17,6 +17,8 @@ a background thread while the caller decodes the next frames' depths.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 _KERNELS: dict[str, object] = {}
@@ -24,49 +26,106 @@ _KERNELS: dict[str, object] = {}
 
 def project_kernel():
     """``project(points, w2c, fx, fy, cx, cy, width, height, margin, depth, use_depth, threshold,
-    point_idx, pixel_idx) -> m``: the points visible in one frame, written to ``point_idx[:m]``
-    (ascending) and ``pixel_idx[:m]`` (``v * width + u``), buffers of length N reused across frames.
+    run_centre, run_half, run_size, point_idx, pixel_idx) -> m``: the points visible in one frame,
+    written to ``point_idx[:m]`` (ascending) and ``pixel_idx[:m]`` (``v * width + u``), buffers of length N
+    reused across frames.
 
     Per point: world -> camera, pinhole, round half to even, border margin, relative depth test.
-    One sequential pass: the compaction needs the order, and it is a few percent of a frame's time
-    next to the teachers' 512-channel row adds (see :func:`add_group_kernel`).
+    Points ``r * run_size ...`` form run r, inside the box ``run_centre[r] +- run_half[r]`` (world;
+    :func:`run_boxes`; NaN: never skipped). A run whose box lies wholly outside one of the frustum's
+    five planes (behind the camera, or a pixel beyond the margin on any side, so no rounding can bring
+    a point back in) is skipped without projecting its points: with the points in Morton order, a
+    frame that sees a quarter of the scene skips most of the rest. The same points come out as
+    without the test. One sequential pass: the compaction needs the order.
     """
     if "project" not in _KERNELS:
         import numba
 
         @numba.njit(cache=True, nogil=True)
         def project(points, w2c, fx, fy, cx, cy, width, height, margin, depth, use_depth, threshold,
-                    point_idx, pixel_idx):  # pragma: no cover - compiled
+                    run_centre, run_half, run_size, point_idx, pixel_idx):  # pragma: no cover - compiled
+            # Frustum planes n . p + d >= 0 in world coordinates, each a combination a * x_cam + b * z_cam
+            # (x_cam = w2c[0] . p + w2c[0, 3], ...): z > 0, and u, v within one pixel beyond the margin
+            # (u = x fx / z + cx > margin - 1  <=>  fx x + (cx - margin + 1) z > 0 for z > 0, ...).
+            coef = np.empty((5, 3))  # (row of w2c: 0 = x or 1 = y, its factor, the factor of z)
+            coef[0] = (0.0, 0.0, 1.0)
+            coef[1] = (0.0, fx, cx - margin + 1.0)
+            coef[2] = (0.0, -fx, width - margin + 1.0 - cx)
+            coef[3] = (1.0, fy, cy - margin + 1.0)
+            coef[4] = (1.0, -fy, height - margin + 1.0 - cy)
+            normal = np.empty((5, 4))
+            for k in range(5):
+                row = np.int64(coef[k, 0])
+                for a in range(4):
+                    normal[k, a] = coef[k, 1] * w2c[row, a] + coef[k, 2] * w2c[2, a]
             m = 0
-            for i in range(points.shape[0]):
-                px, py, pz = points[i, 0], points[i, 1], points[i, 2]
-                z = px * w2c[2, 0] + py * w2c[2, 1] + pz * w2c[2, 2] + w2c[2, 3]
-                if not z > 0:  # also drops NaN
+            for r in range(run_centre.shape[0]):
+                outside = False
+                for k in range(5):
+                    reach = abs(normal[k, 3])  # bound on the terms, for a rounding allowance
+                    value = normal[k, 3]
+                    for a in range(3):
+                        value += normal[k, a] * run_centre[r, a] + abs(normal[k, a]) * run_half[r, a]
+                        reach += abs(normal[k, a]) * (abs(run_centre[r, a]) + run_half[r, a])
+                    if value < -1e-9 * reach:  # NaN box: never
+                        outside = True
+                        break
+                if outside:
                     continue
-                x = px * w2c[0, 0] + py * w2c[0, 1] + pz * w2c[0, 2] + w2c[0, 3]
-                u = np.round(x * fx / z + cx)  # np.round: half to even, as torch.round
-                if not (u >= margin and u < width - margin):
-                    continue
-                y = px * w2c[1, 0] + py * w2c[1, 1] + pz * w2c[1, 2] + w2c[1, 3]
-                v = np.round(y * fy / z + cy)
-                if not (v >= margin and v < height - margin):
-                    continue
-                ui, vi = np.int64(u), np.int64(v)
-                if use_depth:
-                    d = np.float64(depth[vi, ui])
-                    if not (d > 0 and abs(d - z) <= threshold * d):
+                for i in range(r * run_size, min(points.shape[0], (r + 1) * run_size)):
+                    px, py, pz = points[i, 0], points[i, 1], points[i, 2]
+                    z = px * w2c[2, 0] + py * w2c[2, 1] + pz * w2c[2, 2] + w2c[2, 3]
+                    if not z > 0:  # also drops NaN
                         continue
-                point_idx[m] = i
-                pixel_idx[m] = vi * width + ui
-                m += 1
+                    x = px * w2c[0, 0] + py * w2c[0, 1] + pz * w2c[0, 2] + w2c[0, 3]
+                    u = np.round(x * fx / z + cx)  # np.round: half to even, as torch.round
+                    if not (u >= margin and u < width - margin):
+                        continue
+                    y = px * w2c[1, 0] + py * w2c[1, 1] + pz * w2c[1, 2] + w2c[1, 3]
+                    v = np.round(y * fy / z + cy)
+                    if not (v >= margin and v < height - margin):
+                        continue
+                    ui, vi = np.int64(u), np.int64(v)
+                    if use_depth:
+                        d = np.float64(depth[vi, ui])
+                        if not (d > 0 and abs(d - z) <= threshold * d):
+                            continue
+                    point_idx[m] = i
+                    pixel_idx[m] = vi * width + ui
+                    m += 1
             return m
 
         _KERNELS["project"] = project
     return _KERNELS["project"]
 
 
+def run_boxes(points: np.ndarray, run_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R, 3) centres and half extents of the boxes around points ``r * run_size ... (r + 1) * run_size - 1``
+    (finite points only; NaN for a run without one), for :func:`project_kernel`."""
+    n = len(points)
+    runs = -(-n // run_size)
+    padded = np.full((runs * run_size, 3), np.nan)
+    padded[:n] = points
+    padded[~np.isfinite(padded).all(axis=1)] = np.nan
+    padded = padded.reshape(runs, run_size, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN run gives a NaN box
+        low, high = np.nanmin(padded, axis=1), np.nanmax(padded, axis=1)
+    return (low + high) / 2, (high - low) / 2
+
+
+_prefetch = None  # the prefetch intrinsic, a module global once built (see _prefetch_intrinsic)
+
+
 def _prefetch_intrinsic():
-    """``prefetch(array, flat_index)``: a read prefetch hint (``llvm.prefetch``) for one element's cache line."""
+    """Build ``_prefetch(array, flat_index)``, a read prefetch hint (``llvm.prefetch``) for one element's
+    cache line, as this module's global ``_prefetch``. A global, not a variable of the kernel builder:
+    numba keys its on-disk cache of a closure by the pickled closure variables, and an intrinsic
+    defined anew pickles differently in every process, so each process compiled ``add_group`` again
+    (1-2.5 s per group size) and appended another entry to the cache."""
+    global _prefetch
+    if _prefetch is not None:
+        return _prefetch
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
@@ -88,6 +147,7 @@ def _prefetch_intrinsic():
 
         return types.void(array, index), codegen
 
+    _prefetch = prefetch
     return prefetch
 
 
@@ -116,7 +176,7 @@ def add_group_kernel():
     if "add_group" not in _KERNELS:
         import numba
 
-        prefetch = _prefetch_intrinsic()
+        _prefetch_intrinsic()  # the global _prefetch the kernel calls
 
         @numba.njit(cache=True, nogil=True)
         def add_group(lo, hi, block, point_idx, pixel_idx, offsets, widths, heights, tables, map_widths, map_heights,
@@ -146,8 +206,8 @@ def add_group_kernel():
                             row_ahead = (((2 * va + 1) * map_height) // (2 * height) * map_width
                                          + ((2 * ua + 1) * map_width) // (2 * width))
                             for c in range(0, min(channels, 64), 16):
-                                prefetch(flat_table, row_ahead * channels + c)
-                                prefetch(flat_total, point_idx[j + 2] * channels + c)
+                                _prefetch(flat_table, row_ahead * channels + c)
+                                _prefetch(flat_total, point_idx[j + 2] * channels + c)
                         pixel = pixel_idx[j]
                         v = pixel // width
                         u = pixel - v * width
@@ -170,29 +230,29 @@ def add_group_kernel():
 
 
 def divide_kernel():
-    """``divide(total, count) -> bad``: ``total[i] /= max(count[i], 1)`` in place (float32); returns how
-    many quotients would not be finite in float16 (NaN, inf, or ``|q| >= 65520``, which float16 rounds
-    to inf). One pass instead of the torch divide and isfinite passes.
+    """``divide(total, count) -> bad``: ``total[i] /= max(count[i], 1)`` in place (float32) for the rows
+    given (a slice of the running sums); returns how many quotients would not be finite in float16 (NaN,
+    inf, or ``|q| >= 65520``, which float16 rounds to inf). One pass instead of the torch divide and
+    isfinite passes. Sequential: disjoint row slices run at the same time in
+    :class:`sas3d.fusion.overlap.Overlap`.
     """
     if "divide" not in _KERNELS:
         import numba
 
-        @numba.njit(cache=True, nogil=True, parallel=True)
+        @numba.njit(cache=True, nogil=True)
         def divide(total, count):  # pragma: no cover - compiled
             bad = 0
-            for i in numba.prange(total.shape[0]):
+            for i in range(total.shape[0]):
                 n = np.float32(max(count[i], 1))
                 row = total[i]
-                row_bad = 0
                 for c in range(row.shape[0]):
                     q = row[c] / n
                     row[c] = q
-                    row_bad += not abs(q) < np.float32(65520.0)
-                bad += row_bad
+                    bad += not abs(q) < np.float32(65520.0)
             return bad
 
         _KERNELS["divide"] = divide
     return _KERNELS["divide"]
 
 
-__all__ = ["add_group_kernel", "divide_kernel", "project_kernel"]
+__all__ = ["add_group_kernel", "divide_kernel", "project_kernel", "run_boxes"]

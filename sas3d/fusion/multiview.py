@@ -7,11 +7,13 @@ depth is decoded and its points projected once, then every teacher's map is adde
 visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), the row adds of
 ``FusionConfig.frame_group`` consecutive frames run as one pass over the points (each point's sum
 row is fetched from memory once per group, not once per frame; the sums are bit-identical), in a
-background thread while the next group's maps are requested, its depths decoded and its points
-projected; the caller's thread then helps finish them (:class:`sas3d.fusion.overlap.Overlap`). At
+background thread while the caller requests the next group's maps; then both threads decode that
+group's depths, project its points and finish the adds (:class:`sas3d.fusion.overlap.Overlap`: the
+caller starts on the decoding, the background thread on the adds, and each helps the other). At
 most two groups' maps are alive at a time. The CPU kernels see the points in Morton order
 (``FusionConfig.point_order``), so the points that read the same map cell are added in the same
-block; the results come back in the scene's order.
+block, and a frame skips the runs of points outside its frustum; the results come back in the
+scene's order.
 
 Validity. A pixel whose teacher feature is exactly zero in every channel carries no prediction (a
 mask teacher paints zeros where it has no mask, or where its segment id has no label): it is not a
@@ -28,6 +30,7 @@ are gathered from the (h * w, C) map.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Sequence
@@ -38,7 +41,7 @@ import torch
 from sas3d.config import to_dict
 from sas3d.errors import ConfigError, InputError
 from sas3d.fusion.features import PointFeatures
-from sas3d.fusion.kernels import add_group_kernel, divide_kernel, project_kernel
+from sas3d.fusion.kernels import add_group_kernel, divide_kernel, project_kernel, run_boxes
 from sas3d.fusion.overlap import Overlap
 from sas3d.geometry.order import morton_order
 from sas3d.geometry.projection import (
@@ -72,10 +75,11 @@ class FusionConfig:
     # point's sum row is fetched from memory once per group instead of once per frame (bit-identical
     # sums; 512-d rows, 40k pairs per frame, one thread: 19 -> 13 ms per frame with 4). The maps of up to two
     # groups are alive at once (one being added, the next being collected), so a group holds at most
-    # `group_bytes` of maps: 4 frames of two teachers' 512-d 240x320 float32 maps (157 MiB each) fit,
-    # i.e. up to 2.5 GB of maps alive; lower it on a small machine (groups of 2 with two such
-    # teachers made the second teacher cost 133 % of the first instead of 80 %).
-    frame_group: int = 4
+    # `group_bytes` of maps: 8 frames of one teacher's 512-d 240x320 float32 maps (157 MiB each), or 4 of
+    # two such teachers, fit, i.e. up to 2.5 GB of maps alive; lower it on a small machine (groups of 2
+    # with two such teachers made the second teacher cost 133 % of the first instead of 80 %).
+    # benchmarks/fusion.py, one teacher, 3 alternating runs each: 8 frames 2.46-2.48 s, 4 frames 2.64-2.72 s.
+    frame_group: int = 8
     group_bytes: int = 1280 << 20
     # numba path: the points are fused in Morton order ("morton", sas3d.geometry.order) and put back in
     # the scene's order at the end, or in the scene's order ("input"); the same sums bit for bit. A
@@ -118,12 +122,17 @@ class _Projector:
         if self.order is not None:
             points64 = np.ascontiguousarray(points64[self.order.numpy()])
         self.points = points64 if self.use_numba else torch.as_tensor(points64, device=device)
-        # Output buffers of the projection kernel, reused by every frame (a frame group keeps copies).
-        self._buffers = np.empty((2, self.num_points), dtype=np.int64) if self.use_numba else None
+        # numba path: boxes around runs of consecutive points, so a frame skips the runs outside its frustum
+        # (kernels.project_kernel; in Morton order a run is a small patch of the scene). 200k points, 7-Scenes
+        # frames seeing a quarter of them: 1.95 -> 1.6 ms of CPU per frame.
+        self.run_size = 256
+        self.runs = run_boxes(points64, self.run_size) if self.use_numba else None
+        # Output buffers of the projection kernel, one per thread, reused by every frame (a frame group keeps copies).
+        self._buffers = threading.local()
 
     def visible(self, frame: Frame, depth: np.ndarray | None) -> tuple:
         """``(point_idx, pixel_idx)`` as :func:`project_points` returns them (on the numba path NumPy
-        views of reused buffers, valid until the next call). ``depth`` (H, W) float32 metres, or
+        views of the calling thread's reused buffers, valid until its next call). ``depth`` (H, W) float32 metres, or
         None to test only the image bounds (no depth / use_depth off)."""
         if not self.use_numba:
             return project_points(self.points, frame, None if depth is None else torch.from_numpy(depth), self.projection)
@@ -135,10 +144,13 @@ class _Projector:
             depth = np.ascontiguousarray(depth, dtype=np.float32)
         else:
             depth = np.zeros((1, 1), dtype=np.float32)  # unread placeholder: the kernel has one signature
-        point_idx, pixel_idx = self._buffers
+        buffers = getattr(self._buffers, "pairs", None)
+        if buffers is None:
+            buffers = self._buffers.pairs = np.empty((2, self.num_points), dtype=np.int64)
+        point_idx, pixel_idx = buffers
         m = project_kernel()(
             self.points, w2c, fx, fy, cx, cy, int(frame.width), int(frame.height), int(self.projection.border_margin),
-            depth, use_depth, float(self.projection.depth_threshold), point_idx, pixel_idx,
+            depth, use_depth, float(self.projection.depth_threshold), *self.runs, self.run_size, point_idx, pixel_idx,
         )
         return point_idx[:m], pixel_idx[:m]
 
@@ -151,11 +163,23 @@ class _FrameGroup:
     point_idx: list[np.ndarray] = field(default_factory=list)
     pixel_idx: list[np.ndarray] = field(default_factory=list)
 
-    def append(self, frame: Frame, visible: tuple) -> None:
-        """Keep ``frame`` and a copy of its pairs (the projector reuses its buffers)."""
+    def append(self, frame: Frame, visible: tuple | None = None) -> None:
+        """Keep ``frame`` and a copy of its pairs (the projector reuses its buffers); None: the pairs
+        come later, from :meth:`visibility_tasks`."""
         self.frames.append(frame)
-        self.point_idx.append(np.array(visible[0]))
-        self.pixel_idx.append(np.array(visible[1]))
+        self.point_idx.append(None if visible is None else np.array(visible[0]))
+        self.pixel_idx.append(None if visible is None else np.array(visible[1]))
+
+    def visibility_tasks(self, projector: _Projector, read_depth: Callable[[Frame], np.ndarray] | None) -> list[Callable[[], None]]:
+        """One task per frame without pairs yet: decode its depth (``read_depth``; None: no depth test) and
+        project the points (independent tasks, for :class:`sas3d.fusion.overlap.Overlap`)."""
+        return [partial(self._project, f, projector, read_depth) for f in range(len(self.frames)) if self.point_idx[f] is None]
+
+    def _project(self, f: int, projector: _Projector, read_depth: Callable[[Frame], np.ndarray] | None) -> None:
+        frame = self.frames[f]
+        depth = read_depth(frame) if read_depth is not None and frame.depth_path is not None else None
+        point_idx, pixel_idx = projector.visible(frame, depth)
+        self.point_idx[f], self.pixel_idx[f] = np.array(point_idx), np.array(pixel_idx)
 
     def kernel_arrays(self, size: int) -> tuple:
         """(point_idx, pixel_idx, offsets, widths, heights) for ``add_group``, padded to ``size`` frames
@@ -180,6 +204,7 @@ class _Accumulator:
         self.sum: torch.Tensor | None = None  # allocated when C is known
         self.count = torch.zeros(self.num_points, dtype=torch.int32, device=self.device)
         self.buffer: torch.Tensor | None = None  # gather buffer of the torch path
+        self._mean: torch.Tensor | None = None  # numba path: the float16 mean, once mean_tasks ran
 
     def add(self, frame: Frame, visible: tuple, feature_map: torch.Tensor) -> None:
         """Add ``feature_map`` (h, w, C) at the pixels of the points ``visible`` in ``frame``
@@ -205,8 +230,9 @@ class _Accumulator:
     def add_group_tasks(self, arrays: tuple, feature_maps: list[torch.Tensor], block: int = 512,
                         tasks: int = 32) -> list[Callable[[], None]]:
         """The numba row adds of a frame group (``arrays``: :meth:`_FrameGroup.kernel_arrays`, padded to
-        its group size; ``feature_maps[f]`` (h, w, C) of frame f), as ``tasks`` tasks over disjoint point ranges
-        that may run in any order or at the same time; each walks its points in blocks of ``block``
+        its group size; ``feature_maps[f]`` (h, w, C) of frame f), as up to ``tasks`` tasks over disjoint
+        point ranges holding about as many (point, pixel) pairs each (:func:`pair_balanced_bounds`), that
+        may run in any order or at the same time; each walks its points in blocks of ``block``
         (:func:`sas3d.fusion.kernels.add_group_kernel`)."""
         channels = int(feature_maps[0].shape[2])
         if self.sum is None:
@@ -220,8 +246,8 @@ class _Accumulator:
         point_idx, pixel_idx, offsets, widths, heights = arrays
         args = (block, point_idx, pixel_idx, offsets, widths, heights, tuple(tables), np.array(map_widths, dtype=np.int64),
                 np.array(map_heights, dtype=np.int64), self.sum.numpy(), self.count.numpy())
-        step = max(block, -(-self.num_points // tasks))
-        return [partial(kernel, lo, min(lo + step, self.num_points), *args) for lo in range(0, self.num_points, step)]
+        bounds = pair_balanced_bounds(point_idx, self.num_points, tasks)
+        return [partial(kernel, lo, hi, *args) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def _add_torch(self, frame: Frame, visible: tuple, table: torch.Tensor, w: int, h: int) -> None:
         point_idx, pixel_idx = visible
@@ -247,23 +273,45 @@ class _Accumulator:
         seen = self.count > 0
         return seen if self.order is None else self._to_scene_order(seen, torch.empty_like(seen))
 
+    def allocate_tasks(self, channels: int, chunk_rows: int = 16384) -> list[Callable[[], None]]:
+        """numba path: allocate the (N, C) float32 running sum and return the tasks that zero it, by row
+        chunks (run them before any add; zeroing 400 MB on one thread took 0.1 s)."""
+        self.sum = torch.empty(self.num_points, channels, dtype=torch.float32)
+        return [self.sum[start:start + chunk_rows].zero_ for start in range(0, self.num_points, chunk_rows)]
+
+    def mean_tasks(self, chunk_rows: int = 8192) -> list[Callable[[], None]]:
+        """numba path: :meth:`mean` as independent tasks over row chunks; :meth:`mean` then returns their result."""
+        assert self.use_numba and self.sum is not None
+        self._mean = torch.empty(self.sum.shape, dtype=torch.float16)
+        self._bad: list[int] = []
+        return [partial(self._mean_rows, start, min(start + chunk_rows, self.num_points))
+                for start in range(0, self.num_points, chunk_rows)]
+
+    def _mean_rows(self, start: int, stop: int) -> None:
+        """Divide rows ``start:stop`` of the sum in place, write them as float16 in the scene's order."""
+        rows = self.sum[start:stop]
+        self._bad.append(int(divide_kernel()(rows.numpy(), self.count[start:stop].numpy())))
+        half = rows.to(torch.float16)
+        if self.order is None:
+            self._mean[start:stop] = half
+        else:
+            self._to_scene_order(half, self._mean, start)
+
     def mean(self, chunk_rows: int = 8192) -> torch.Tensor:
         """The per-view mean as float16 on the CPU, in the scene's point order, zeros where unseen.
-        Call once: the numba path divides the sum in place.
+        Call once: the numba path divides the sum in place (in :meth:`mean_tasks`' tasks when they ran).
 
-        Needs no second (N, C) float32 array (the torch path and the return to the scene's order
-        work in row chunks). Raises ValueError when a mean is NaN/inf (bad teacher values or beyond
-        float16 range).
+        Needs no second (N, C) float32 array (the work goes in row chunks). Raises ValueError when a
+        mean is NaN/inf (bad teacher values or beyond float16 range).
         """
         assert self.sum is not None
-        if self.use_numba:  # in place: the sum is not needed afterwards
-            if divide_kernel()(self.sum.numpy(), self.count.numpy()):
+        if self.use_numba:
+            if self._mean is None:
+                for task in self.mean_tasks(chunk_rows):
+                    task()
+            out, bad, self._mean = self._mean, sum(self._bad), None
+            if bad:
                 raise ValueError("non-finite fused feature")
-            if self.order is None:
-                return self.sum.to(torch.float16)
-            out = torch.empty(self.sum.shape, dtype=torch.float16)
-            for start in range(0, self.num_points, chunk_rows):
-                self._to_scene_order(self.sum[start:start + chunk_rows].to(torch.float16), out, start)
             return out
         out = torch.empty(self.sum.shape, dtype=torch.float16)
         for start in range(0, self.num_points, chunk_rows):
@@ -274,6 +322,18 @@ class _Accumulator:
                 raise ValueError("non-finite fused feature")
             out[rows] = part.cpu()
         return out
+
+
+def pair_balanced_bounds(point_idx: np.ndarray, num_points: int, parts: int, samples_per_part: int = 64) -> list[int]:
+    """Point ranges ``[bounds[k], bounds[k + 1])`` covering ``0 .. num_points`` that each hold about
+    ``len(point_idx) / parts`` of the listed points (a point listed by several frames counts each time;
+    from a sorted sample of every s-th entry), at most ``parts`` ranges, none empty of points. Equal point
+    ranges are unequal work: in Morton order a group of frames sees a few runs of the points, and the
+    last long task kept the other thread waiting at every group (~25 ms per group of 8 frames)."""
+    stride = max(1, len(point_idx) // max(1, parts * samples_per_part))
+    sample = np.sort(point_idx[::stride])
+    inner = sample[(len(sample) * np.arange(1, parts)) // parts] if len(sample) else np.zeros(0, dtype=np.int64)
+    return [0] + [int(b) for b in np.unique(inner) if 0 < b < num_points] + [num_points]
 
 
 def _as_map(features, frame: Frame, channels: int | None) -> torch.Tensor:
@@ -329,9 +389,10 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
     channels: list[int | None] = [None] * len(names)
     frames_used = 0
     bar = tqdm(frame_maps, total=total, desc=f"fuse {scene.name}", unit="frame", disable=not progress)
-    # numba: group g's row adds (frame_group frames) run in the background while group g + 1's maps
-    # are requested, its depths decoded and its points projected; then this thread helps finish group
-    # g's adds before group g + 1's are submitted (per point, frames in order).
+    reader = read_depth if cfg.projection.use_depth else None
+    # numba: group g's row adds (frame_group frames) run in the background while group g + 1's maps are
+    # requested; then both threads decode group g + 1's depths, project its points and finish group g's
+    # adds, before group g + 1's adds are submitted (per point, frames in order).
     overlap = Overlap() if projector.use_numba else None
     group, group_maps, group_size = _FrameGroup(), [], None  # numba: frames whose adds run as one pass
     try:
@@ -340,32 +401,37 @@ def _fuse(scene: Scene, frame_maps: Iterable[tuple[Frame, Sequence]], cfg: Fusio
                 raise ValueError(f"{frame.color_path}: {len(outputs)} teacher outputs for {len(names)} teachers")
             feature_maps = [_as_map(features, frame, c) for features, c in zip(outputs, channels)]
             channels = [int(m.shape[2]) for m in feature_maps]
-            depth = None
-            if frame.depth_path is not None and cfg.projection.use_depth:
-                depth = read_depth(frame)
-            visible = projector.visible(frame, depth)  # once per frame, for every teacher
             frames_used += 1
             if overlap is None:  # torch path: frame by frame
+                depth = read_depth(frame) if reader is not None and frame.depth_path is not None else None
+                visible = projector.visible(frame, depth)  # once per frame, for every teacher
                 for acc, fmap in zip(accumulators, feature_maps):
                     acc.add(frame, visible, fmap)
+                del depth, visible
             else:
                 group_size = group_size or frames_per_group(cfg, sum(m.numel() * m.element_size() for m in feature_maps))
-                group.append(frame, visible)
+                group.append(frame)
                 group_maps.append(feature_maps)
                 if len(group.frames) == group_size:
-                    _submit_group(overlap, accumulators, group, group_maps, group_size)
+                    _submit_group(overlap, projector, reader, accumulators, group, group_maps, group_size)
                     group, group_maps = _FrameGroup(), []
-            del outputs, feature_maps, depth, visible  # the next maps are requested while only the groups hold maps
+            del outputs, feature_maps  # the next maps are requested while only the groups hold maps
         if overlap is not None:
             if group.frames:
-                _submit_group(overlap, accumulators, group, group_maps, group_size or 1)
+                _submit_group(overlap, projector, reader, accumulators, group, group_maps, group_size or 1)
                 group, group_maps = _FrameGroup(), []
             overlap.finish()
+        results = []
+        for acc, c, teacher_names in zip(accumulators, channels, names):
+            if overlap is not None and acc.sum is not None:  # both threads divide, one teacher at a time
+                overlap.submit(acc.mean_tasks())
+                overlap.finish()
+            results.append(_result(scene, acc, c, teacher_names, frames_used, cfg))  # frees the teacher's sum
     finally:
         if overlap is not None:
             overlap.close()
         bar.close()
-    return [_result(scene, acc, c, teacher_names, frames_used, cfg) for acc, c, teacher_names in zip(accumulators, channels, names)]
+    return results
 
 
 def frames_per_group(cfg: FusionConfig, frame_bytes: int) -> int:
@@ -376,13 +442,18 @@ def frames_per_group(cfg: FusionConfig, frame_bytes: int) -> int:
     return max(1, min(int(cfg.frame_group), int(cfg.group_bytes) // max(1, frame_bytes)))
 
 
-def _submit_group(overlap: Overlap, accumulators: list[_Accumulator], group: _FrameGroup,
-                  group_maps: list[list[torch.Tensor]], size: int) -> None:
-    """Wait for the previous group's adds (helping), then start this group's in the background."""
+def _submit_group(overlap: Overlap, projector: _Projector, read_depth: Callable[[Frame], np.ndarray] | None,
+                  accumulators: list[_Accumulator], group: _FrameGroup, group_maps: list[list[torch.Tensor]],
+                  size: int) -> None:
+    """Decode the group's depths and project its points (both threads, beside the previous group's adds),
+    wait for all of it (helping), then start this group's adds in the background."""
+    zero = [task for acc, maps in zip(accumulators, zip(*group_maps)) if acc.sum is None
+            for task in acc.allocate_tasks(int(maps[0].shape[2]))]
+    overlap.submit(zero + group.visibility_tasks(projector, read_depth))
+    overlap.finish()
     arrays = group.kernel_arrays(size)
     tasks = [task for t, acc in enumerate(accumulators)
              for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps])]
-    overlap.finish()
     overlap.submit(tasks)
 
 

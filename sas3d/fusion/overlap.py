@@ -1,78 +1,102 @@
-"""Run one frame's fusion work in a background thread while the caller prepares the next frame,
-then let the caller help finish it (multi-view fusion, :mod:`sas3d.fusion.multiview`)."""
+"""A background thread and the caller sharing independent tasks (multi-view fusion, :mod:`sas3d.fusion.multiview`)."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import deque
 from typing import Callable, Iterable
 
 
 class Overlap:
-    """A batch of independent tasks, drained by one background thread and then by the caller.
+    """Independent tasks run by one background thread and, in :meth:`finish`, by the caller too.
 
-    :meth:`submit` hands a frame's tasks (row adds of disjoint point ranges, numba kernels that
-    release the GIL) to the background thread; meanwhile the caller pulls the next frame's teacher
-    maps (teachers keep running in the caller's thread, with its torch grad mode), decodes its depth
-    PNG (PIL releases the GIL too) and projects its points. :meth:`finish` then runs the tasks still
-    pending in the caller's thread as well, so both cores add rows until the batch is done: the
-    tasks are taken one at a time from a shared deque, so a thread slowed down by other processes
-    on the machine leaves more of the work to the other (no fixed split). Every task is dropped as
-    soon as it has run, so when :meth:`finish` returns the batch's maps are no longer referenced.
+    :meth:`submit` queues tasks (numba kernels and PNG decoding, which release the GIL) and may be
+    called again before the earlier ones are done; the background thread starts on them at once,
+    oldest first.
+    Meanwhile the caller does what only it can do (pull the next frames' teacher maps: teachers keep
+    running in the caller's thread, with its torch grad mode). :meth:`finish` then runs the queued
+    tasks in the caller's thread as well, newest first, and returns when every submitted task has run
+    (so while the background thread works through an earlier batch, e.g. memory-bound row adds, the
+    caller starts on the later one, e.g. compute-bound depth decoding, and each then helps the other).
+    Tasks are taken one at a time from a shared deque, so a thread slowed down by other processes on the
+    machine leaves more of the work to the other (no fixed split). Every task is dropped as soon as
+    it has run, so when :meth:`finish` returns no task's map is referenced any more. After a task
+    raises, the tasks still queued are dropped without running and :meth:`finish` re-raises the
+    first exception.
     """
 
     def __init__(self) -> None:
         self._pending: deque[Callable[[], None]] = deque()
-        self._start: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-        self._busy = False
+        self._cond = threading.Condition()
+        self._outstanding = 0  # submitted and not yet run (queued or running)
+        self._error: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="sas3d-fuse", daemon=True)
         self._thread.start()
 
-    def _loop(self) -> None:
-        while self._start.get():
-            self._done.put(self._drain())
+    def _run_next(self, wait: bool, newest: bool = False) -> bool:
+        """Run the oldest queued task (``newest``: the newest); False when none is queued (with ``wait``:
+        once the Overlap is closed). The task is referenced only here and dropped before it counts as done."""
+        with self._cond:
+            while wait and not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return False
+            task = self._pending.pop() if newest else self._pending.popleft()
+        try:
+            if self._error is None:
+                task()
+        except BaseException as exc:  # handed to the caller by finish()
+            with self._cond:
+                if self._error is None:
+                    self._error = exc
+                    self._outstanding -= len(self._pending)  # drop the rest of the queue
+                    self._pending.clear()
+        finally:
+            del task
+            with self._cond:
+                self._outstanding -= 1
+                if self._outstanding == 0:
+                    self._cond.notify_all()
+        return True
 
-    def _drain(self) -> BaseException | None:
-        """Run pending tasks until none is left; the first exception is returned (later tasks are dropped)."""
-        error = None
-        while True:
-            try:
-                task = self._pending.popleft()  # atomic: each task runs in one thread only
-            except IndexError:
-                return error
-            if error is None:
-                try:
-                    task()
-                except BaseException as exc:  # handed to the caller by finish()
-                    error = exc
-            del task  # drop the task's map before the batch counts as done
+    def _loop(self) -> None:
+        while self._run_next(wait=True):
+            pass
 
     def submit(self, tasks: Iterable[Callable[[], None]]) -> None:
-        """Start running ``tasks`` (any order, possibly in parallel) in the background (call :meth:`finish` first)."""
-        assert not self._busy
-        self._busy = True
-        self._pending.extend(tasks)
-        self._start.put(True)
+        """Queue ``tasks`` (any order, possibly in parallel); the background thread starts on them at once."""
+        tasks = list(tasks)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("Overlap is closed")
+            self._pending.extend(tasks)
+            self._outstanding += len(tasks)
+            self._cond.notify_all()
+        del tasks
 
     def finish(self) -> None:
-        """Help run the submitted tasks, wait until all have run; re-raise the first exception."""
-        if self._busy:
-            self._busy = False
-            mine = self._drain()
-            theirs = self._done.get()
-            if mine is not None or theirs is not None:
-                raise mine if mine is not None else theirs
+        """Help run the queued tasks, wait until every submitted task has run; re-raise the first exception
+        (then clear it: the Overlap stays usable)."""
+        while self._run_next(wait=False, newest=True):
+            pass
+        with self._cond:
+            while self._outstanding > 0:
+                self._cond.wait()
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
-        """Finish the running batch (its exception, if any, is dropped) and stop the thread."""
+        """Finish the queued tasks (an exception, if any, is dropped) and stop the thread."""
         try:
             self.finish()
         except BaseException:
             pass
         finally:
-            self._start.put(False)
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
             self._thread.join()
 
 
