@@ -165,3 +165,26 @@ def test_add_kernel_is_loaded_from_numbas_cache_in_a_new_process(tmp_path):
     assert first == {"hits": 0, "misses": 1}
     assert second == {"hits": 1, "misses": 0}
     assert len(list(tmp_path.rglob("*add_group*.nbc"))) == 1
+
+
+def test_a_bad_depth_png_decoded_by_either_thread_stops_fusion_naming_it(tmp_path):
+    """Depth PNGs are decoded in tasks that either fusion thread may run: a corrupt one still stops
+    fusion with an InputError naming the file, and fusion works again afterwards (no thread left hanging)."""
+    from sas3d.errors import InputError
+    from sas3d.fusion.multiview import fuse_teachers_multiview
+    from tests.test_fusion_multiteacher import PROJECTION, random_scene
+
+    scene, teachers = random_scene(tmp_path)
+    cfg = FusionConfig(PROJECTION, frame_group=2)
+    good = fuse_teachers_multiview(scene, teachers, cfg, progress=False)
+    bad = scene.frames[2].depth_path
+    original = bad.read_bytes()
+    bad.write_bytes(original[:40])  # a truncated PNG
+    with pytest.raises(InputError) as err:
+        fuse_teachers_multiview(scene, teachers, cfg, progress=False)
+    assert str(bad) in str(err.value)
+    assert not any(t.name == "sas3d-fuse" for t in threading.enumerate())  # the background thread was stopped
+    bad.write_bytes(original)
+    again = fuse_teachers_multiview(scene, teachers, cfg, progress=False)
+    for a, b in zip(good, again):
+        assert torch.equal(a.features, b.features) and torch.equal(a.seen, b.seen)
