@@ -205,6 +205,7 @@ class _Accumulator:
         self.count = torch.zeros(self.num_points, dtype=torch.int32, device=self.device)
         self.buffer: torch.Tensor | None = None  # gather buffer of the torch path
         self._mean: torch.Tensor | None = None  # numba path: the float16 mean, once mean_tasks ran
+        self._bad: list[int] = []  # numba path: non-finite quotients per row chunk of mean_tasks
 
     def add(self, frame: Frame, visible: tuple, feature_map: torch.Tensor) -> None:
         """Add ``feature_map`` (h, w, C) at the pixels of the points ``visible`` in ``frame``
@@ -283,7 +284,7 @@ class _Accumulator:
         """numba path: :meth:`mean` as independent tasks over row chunks; :meth:`mean` then returns their result."""
         assert self.use_numba and self.sum is not None
         self._mean = torch.empty(self.sum.shape, dtype=torch.float16)
-        self._bad: list[int] = []
+        self._bad = []
         return [partial(self._mean_rows, start, min(start + chunk_rows, self.num_points))
                 for start in range(0, self.num_points, chunk_rows)]
 
