@@ -85,7 +85,7 @@ def test_ggsd_pseudo_labels_in_the_trainer_are_the_majority_vote_of_the_ema_teac
     points = batch.parts[0].voxel_to_point[rows.numpy()]
     expected = np.where(scene.superpoints[points] == 0, 1, 0)
     assert ggsd.last_labels[0].tolist() == expected.tolist()
-    assert loss.requires_grad and float(loss) > 0
+    assert loss.requires_grad and float(loss.detach()) > 0
 
 
 class _NormalisedLookup(_Lookup):
