@@ -35,7 +35,8 @@ cell's row is fetched once (3.48 -> 3.08 s for the run, median of 3 A/B runs).
 Later profile (thread CPU seconds for the whole run, one teacher, 200 frames, idle machine): depth
 decoding 0.92-1.04 (PIL; 3.8 ms per PNG, of which zlib inflate 1.5), projection 0.32 (0.39 before
 frustum culling of point runs), row adds 2.56 (groups of 8), final divide and float16 0.17, zeroing
-the sums 0.11; 4.5-4.7 s of CPU over 2.4 s of wall clock, so both cores are busy, the row adds at the
+the sums 0.11, the start (Morton order and run boxes, before any frame) 0.05 (0.12 before
+vectorising both); 4.5-4.7 s of CPU over 2.4 s of wall clock, so both cores are busy, the row adds at the
 memory bandwidth. What moved the wall clock (A/B, alternating runs): groups of 8 frames instead of 4
 (2.46-2.48 vs 2.64-2.72 s). Within noise each: culling (0.07 s of CPU), both threads sharing the
 decoding, add tasks of equal pair counts instead of equal point ranges (median 2.39 vs 2.44 s), the
@@ -228,8 +229,8 @@ def main() -> None:
     points = build_points(seven_scenes_frames(DATA, 10**6), args.points, args.seed)
     n = len(points)
     print(f"7-Scenes redkitchen: {n} points, {len(frames)} frames, maps {MAP_H}x{MAP_W}x{args.dim} float32, "
-          f"torch threads {args.threads} (ours: numba kernels; the caller's thread decodes depth and projects the next "
-          f"group of frames while a background thread adds this group's rows, then helps it), load average {os.getloadavg()[0]:.2f}")
+          f"torch threads {args.threads} (ours: numba kernels; a background thread adds a group of frames' rows while the "
+          f"caller requests the next group's maps, then both threads decode its depths, project its points and finish the adds), load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         points_file = os.path.join(tmp, "points.npy")
         np.save(points_file, points)

@@ -17,8 +17,6 @@ a background thread while the caller decodes the next frames' depths.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 _KERNELS: dict[str, object] = {}
@@ -104,13 +102,14 @@ def run_boxes(points: np.ndarray, run_size: int) -> tuple[np.ndarray, np.ndarray
     (finite points only; NaN for a run without one), for :func:`project_kernel`."""
     n = len(points)
     runs = -(-n // run_size)
-    padded = np.full((runs * run_size, 3), np.nan)
-    padded[:n] = points
-    padded[~np.isfinite(padded).all(axis=1)] = np.nan
-    padded = padded.reshape(runs, run_size, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN run gives a NaN box
-        low, high = np.nanmin(padded, axis=1), np.nanmax(padded, axis=1)
+    coords = np.full((3, runs * run_size), np.nan)  # one row per axis: contiguous reductions
+    coords[:, :n] = np.asarray(points, dtype=np.float64).T
+    finite = (np.isfinite(coords[0]) & np.isfinite(coords[1]) & np.isfinite(coords[2])).reshape(runs, run_size)
+    coords = coords.reshape(3, runs, run_size)
+    low = np.where(finite, coords, np.inf).min(axis=2).T
+    high = np.where(finite, coords, -np.inf).max(axis=2).T
+    empty = ~finite.any(axis=1)
+    low[empty], high[empty] = np.nan, np.nan
     return (low + high) / 2, (high - low) / 2
 
 
