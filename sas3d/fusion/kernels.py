@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sas3d.geometry.order import finite_bounds
+
 _KERNELS: dict[str, object] = {}
 
 
@@ -104,10 +106,8 @@ def run_boxes(points: np.ndarray, run_size: int) -> tuple[np.ndarray, np.ndarray
     runs = -(-n // run_size)
     coords = np.full((3, runs * run_size), np.nan)  # one row per axis: contiguous reductions
     coords[:, :n] = np.asarray(points, dtype=np.float64).T
-    finite = (np.isfinite(coords[0]) & np.isfinite(coords[1]) & np.isfinite(coords[2])).reshape(runs, run_size)
-    coords = coords.reshape(3, runs, run_size)
-    low = np.where(finite, coords, np.inf).min(axis=2).T
-    high = np.where(finite, coords, -np.inf).max(axis=2).T
+    finite = np.isfinite(coords).all(axis=0).reshape(runs, run_size)
+    low, high = (bound.T for bound in finite_bounds(coords.reshape(3, runs, run_size), finite))
     empty = ~finite.any(axis=1)
     low[empty], high[empty] = np.nan, np.nan
     return (low + high) / 2, (high - low) / 2

@@ -90,6 +90,9 @@ class FusionConfig:
     point_order: str = "morton"
 
 
+ADD_TASKS = 32  # numba path: tasks per frame group and teacher (two threads share them; more evens out their ends)
+
+
 def fusion_config_for(kind: str) -> FusionConfig:
     """FusionConfig with the reference projection thresholds of a scene kind."""
     return FusionConfig(projection=projection_config_for(kind))
@@ -229,12 +232,13 @@ class _Accumulator:
         return self.add_group_tasks(group.kernel_arrays(1), [feature_map])
 
     def add_group_tasks(self, arrays: tuple, feature_maps: list[torch.Tensor], block: int = 512,
-                        tasks: int = 32) -> list[Callable[[], None]]:
+                        tasks: int = ADD_TASKS, bounds: list[int] | None = None) -> list[Callable[[], None]]:
         """The numba row adds of a frame group (``arrays``: :meth:`_FrameGroup.kernel_arrays`, padded to
         its group size; ``feature_maps[f]`` (h, w, C) of frame f), as up to ``tasks`` tasks over disjoint
         point ranges holding about as many (point, pixel) pairs each (:func:`pair_balanced_bounds`), that
         may run in any order or at the same time; each walks its points in blocks of ``block``
-        (:func:`sas3d.fusion.kernels.add_group_kernel`)."""
+        (:func:`sas3d.fusion.kernels.add_group_kernel`). ``bounds``: those ranges, when the caller has them
+        (the teachers of a group share them)."""
         channels = int(feature_maps[0].shape[2])
         if self.sum is None:
             self.sum = torch.zeros(self.num_points, channels, dtype=torch.float32, device=self.device)
@@ -247,7 +251,8 @@ class _Accumulator:
         point_idx, pixel_idx, offsets, widths, heights = arrays
         args = (block, point_idx, pixel_idx, offsets, widths, heights, tuple(tables), np.array(map_widths, dtype=np.int64),
                 np.array(map_heights, dtype=np.int64), self.sum.numpy(), self.count.numpy())
-        bounds = pair_balanced_bounds(point_idx, self.num_points, tasks)
+        if bounds is None:
+            bounds = pair_balanced_bounds(point_idx, self.num_points, tasks)
         return [partial(kernel, lo, hi, *args) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def _add_torch(self, frame: Frame, visible: tuple, table: torch.Tensor, w: int, h: int) -> None:
@@ -453,8 +458,9 @@ def _submit_group(overlap: Overlap, projector: _Projector, read_depth: Callable[
     overlap.submit(zero + group.visibility_tasks(projector, read_depth))
     overlap.finish()
     arrays = group.kernel_arrays(size)
+    bounds = pair_balanced_bounds(arrays[0], projector.num_points, ADD_TASKS)  # one split for every teacher
     tasks = [task for t, acc in enumerate(accumulators)
-             for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps])]
+             for task in acc.add_group_tasks(arrays, [maps[t] for maps in group_maps], bounds=bounds)]
     overlap.submit(tasks)
 
 

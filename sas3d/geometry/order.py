@@ -26,6 +26,11 @@ def _spread_bits(values: np.ndarray) -> np.ndarray:
     return x
 
 
+def _interleave(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Morton codes of the cells (x, y, z) (integers in [0, 2^21))."""
+    return _spread_bits(x) | (_spread_bits(y) << np.uint64(1)) | (_spread_bits(z) << np.uint64(2))
+
+
 def morton_codes(cells: np.ndarray) -> np.ndarray:
     """(N,) uint64 Morton codes of (N, 3) non-negative integer cells (< 2^21 per axis)."""
     cells = np.asarray(cells)
@@ -33,7 +38,15 @@ def morton_codes(cells: np.ndarray) -> np.ndarray:
         raise ValueError(f"cells must be (N, 3), got shape {cells.shape}")
     if cells.size and (cells.min() < 0 or cells.max() >= 1 << BITS):
         raise ValueError(f"cells must lie in [0, 2^{BITS})")
-    return _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << np.uint64(1)) | (_spread_bits(cells[:, 2]) << np.uint64(2))
+    return _interleave(cells[:, 0], cells[:, 1], cells[:, 2])
+
+
+def finite_bounds(coords: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis minimum and maximum over the last axis of ``coords`` (3, ..., n) (one row per axis, so
+    the passes are contiguous), of the entries where ``finite`` (..., n) holds; +inf / -inf where none does."""
+    if finite.all():
+        return coords.min(axis=-1), coords.max(axis=-1)
+    return np.where(finite, coords, np.inf).min(axis=-1), np.where(finite, coords, -np.inf).max(axis=-1)
 
 
 def morton_order(points: np.ndarray) -> np.ndarray:
@@ -45,22 +58,18 @@ def morton_order(points: np.ndarray) -> np.ndarray:
     if len(pts) == 0:
         return np.zeros(0, dtype=np.int64)
     coords = np.ascontiguousarray(pts.T)  # (3, N): contiguous per-axis passes (fusion orders 200k+ points per scene)
-    finite = np.isfinite(coords[0]) & np.isfinite(coords[1]) & np.isfinite(coords[2])
+    finite = np.isfinite(coords).all(axis=0)
     if not finite.any():
         return np.arange(len(pts), dtype=np.int64)
-    if finite.all():
-        low, high = coords.min(axis=1), coords.max(axis=1)
-    else:
-        low = np.where(finite, coords, np.inf).min(axis=1)
-        high = np.where(finite, coords, -np.inf).max(axis=1)
+    low, high = finite_bounds(coords, finite)
     extent = float((high - low).max())
     scale = ((1 << BITS) - 1) / extent if extent > 0 else 0.0
     cells = np.floor((coords - low[:, None]) * scale)
     cells[:, ~finite] = 0
     cells = cells.astype(np.int64)  # in [0, 2^21) by construction
-    codes = _spread_bits(cells[0]) | (_spread_bits(cells[1]) << np.uint64(1)) | (_spread_bits(cells[2]) << np.uint64(2))
+    codes = _interleave(cells[0], cells[1], cells[2])
     codes[~finite] = np.iinfo(np.uint64).max
     return np.argsort(codes, kind="stable").astype(np.int64)
 
 
-__all__ = ["morton_codes", "morton_order"]
+__all__ = ["finite_bounds", "morton_codes", "morton_order"]
