@@ -414,7 +414,7 @@ def random_view(rng: np.random.Generator, n: int = 600):
 def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
     """The numba CPU kernel (projection + lookup + add in one pass) gives exactly the counts and
     float32 sums of project_points + map_rows + index_add (the torch path), maps of several sizes."""
-    from sas3d.fusion.multiview import _Accumulator, _Projector
+    from sas3d.fusion.accumulate import Accumulator, Projector
 
     rng = np.random.default_rng(7 + margin)
     views = [random_view(rng) for _ in range(3)]
@@ -429,8 +429,8 @@ def test_fused_kernel_matches_project_points_and_gather(use_depth, margin):
     assert tie_pixels.tolist() == [4 * 64 + 4, 8 * 64 + 6, 10 * 64 + 20, 46 * 64 + 62]
     points = np.concatenate([v[1] for v in views] + [ties])
     cfg = ProjectionConfig(border_margin=margin, depth_threshold=0.25, use_depth=use_depth)
-    projectors = [_Projector(points, torch.device("cpu"), FusionConfig(cfg, cpu_kernel=k, point_order="input")) for k in ("numba", "torch")]
-    accs = [_Accumulator(projector, chunk_size=64) for projector in projectors]
+    projectors = [Projector(points, torch.device("cpu"), FusionConfig(cfg, cpu_kernel=k, point_order="input")) for k in ("numba", "torch")]
+    accs = [Accumulator(projector, chunk_size=64) for projector in projectors]
     frames = [(f, d) for f, _, d in views] + [(tie_frame, tie_depth)]
     for i, (frame, depth) in enumerate(frames):
         visible = [projector.visible(frame, depth if use_depth else None) for projector in projectors]

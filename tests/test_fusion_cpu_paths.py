@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from sas3d.fusion.kernels import project_kernel, run_boxes
-from sas3d.fusion.multiview import FusionConfig, _Projector, pair_balanced_bounds
+from sas3d.fusion.accumulate import Projector, pair_balanced_bounds
+from sas3d.fusion.multiview import FusionConfig
 from sas3d.fusion.overlap import Overlap
 from sas3d.geometry.projection import ProjectionConfig, project_points
 from sas3d.scene.types import Frame
@@ -57,7 +58,7 @@ def test_culling_keeps_every_visible_point(margin):
         pose[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
         frames.append(Frame(Path("f.jpg"), K, pose, W, H))
     cfg = ProjectionConfig(border_margin=margin, use_depth=False)
-    projector = _Projector(points, torch.device("cpu"), FusionConfig(cfg, point_order="input"))
+    projector = Projector(points, torch.device("cpu"), FusionConfig(cfg, point_order="input"))
     projector.run_size = 4
     projector.runs = run_boxes(projector.points, 4)
     invisible_runs = 0

@@ -108,20 +108,20 @@ def test_frame_group_sums_add_frames_in_order(tmp_path, group):
     """The float32 running sums of grouped adds equal NumPy's frame-by-frame ``total[idx] += rows`` bit
     for bit, on values whose sum depends on the order of the additions (magnitudes 1e-4 .. 1e4; the
     reversed frame order gives other bits, so the check can tell)."""
-    from sas3d.fusion.multiview import _Accumulator, _FrameGroup, _Projector
+    from sas3d.fusion.accumulate import Accumulator, FrameGroup, Projector
 
     scene, _ = random_scene(tmp_path)
     rng = np.random.default_rng(5)
     maps = [(rng.normal(size=(48, 64, 3)) * 10.0 ** rng.uniform(-4, 4, size=(48, 64, 1))).astype(np.float32) for _ in scene.frames]
-    projector = _Projector(scene.points, torch.device("cpu"), FusionConfig(PROJECTION))
-    acc = _Accumulator(projector, chunk_size=64)
+    projector = Projector(scene.points, torch.device("cpu"), FusionConfig(PROJECTION))
+    acc = Accumulator(projector, chunk_size=64)
     visible = []
     for frame in scene.frames:
         depth = None if frame.depth_path is None else sas3d.scene.images.read_depth(frame)
         point_idx, pixel_idx = projector.visible(frame, depth)
         visible.append((point_idx.copy(), pixel_idx.copy()))
     for start in range(0, len(scene.frames), group):
-        frames = _FrameGroup()
+        frames = FrameGroup()
         for frame, vis in zip(scene.frames[start:start + group], visible[start:start + group]):
             frames.append(frame, vis)
         fmaps = [torch.from_numpy(m) for m in maps[start:start + group]]

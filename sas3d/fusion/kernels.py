@@ -154,7 +154,7 @@ def add_group_kernel():
     """``add_group(lo, hi, block, point_idx, pixel_idx, offsets, widths, heights, tables, map_widths,
     map_heights, total, count)``: for the points ``lo <= i < hi``, each visible (point, pixel) pair of
     a group of F frames adds the nearest row of that frame's (h * w, C) map (pixel centres,
-    :func:`sas3d.fusion.multiview.map_rows`) to ``total[point]`` and 1 to ``count[point]``, where that
+    :func:`sas3d.fusion.accumulate.map_rows`) to ``total[point]`` and 1 to ``count[point]``, where that
     row holds a prediction (some channel != 0; NaN counts).
 
     Frame f's pairs are ``point_idx[offsets[f]:offsets[f + 1]]`` (ascending points) and the same range

@@ -14,7 +14,7 @@ Two ways to lift one teacher's (h, w, C) maps over the posed views (SAS Tab. 5 /
   usually comes with no depth maps), and the features of the views that see it are averaged.
 
 Both read a map of any resolution at the frame's pixel centres with the nearest-exact convention of
-point fusion (:func:`sas3d.fusion.multiview.map_rows`) and skip the projection config's border
+point fusion (:func:`sas3d.fusion.accumulate.map_rows`) and skip the projection config's border
 margin. As in point fusion (:mod:`sas3d.fusion.multiview`, "Validity"), a map cell that is zero in
 every channel holds no prediction (a mask teacher without a mask there): its pixels add neither
 feature nor weight, so a Gaussian's feature is the mean over the pixels / views that predict, and a
