@@ -4,7 +4,8 @@ Streaming: frames are consumed one at a time from an iterable, and the only stat
 frames is, per teacher, a running sum (N, C) float32 and a view count (N,), so memory does not grow
 with the number of frames. Several teachers are fused in one pass (:func:`fuse_frames`): a frame's
 depth is decoded and its points projected once, then every teacher's map is added from that same
-visibility. With the CPU kernels (:mod:`sas3d.fusion.kernels`), the row adds of
+visibility (the per-point state and its kernels: :mod:`sas3d.fusion.accumulate`). With the CPU
+kernels (:mod:`sas3d.fusion.kernels`), the row adds of
 ``FusionConfig.frame_group`` consecutive frames run as one pass over the points (each point's sum
 row is fetched from memory once per group, not once per frame; the sums are bit-identical), in a
 background thread while the caller requests the next group's maps; then both threads decode that
