@@ -33,7 +33,7 @@ order (``FusionConfig.point_order``): points that share a cell are then in the s
 cell's row is fetched once (3.48 -> 3.08 s for the run, median of 3 A/B runs).
 
 Later profile (thread CPU seconds for the whole run, one teacher, 200 frames, idle machine): depth
-decoding 0.92-1.04 (PIL; 3.8 ms per PNG, of which zlib inflate 1.5), projection 0.32 (0.39 before
+decoding 0.92-1.04 (PIL then; 3.8 ms per PNG, of which zlib inflate 1.5), projection 0.32 (0.39 before
 frustum culling of point runs), row adds 2.56 (groups of 8), final divide and float16 0.17, zeroing
 the sums 0.11, the start (Morton order and run boxes, before any frame) 0.05 (0.12 before
 vectorising both); 4.5-4.7 s of CPU over 2.4 s of wall clock, so both cores are busy, the row adds at the
@@ -42,6 +42,10 @@ memory bandwidth. What moved the wall clock (A/B, alternating runs): groups of 8
 decoding, add tasks of equal pair counts instead of equal point ranges (median 2.39 vs 2.44 s), the
 final divide on both threads; all of them together with groups of 8: 2.39-2.46 s. A bug fixed on the way: numba recompiled the row-add kernel in every process (1-2.5 s
 per group size), and the two-teacher run, whose group size the warm-up had not compiled, paid it.
+Then the depth PNGs: libdeflate and one compiled unfilter pass instead of PIL (``sas3d.scene.png_depth``;
+``benchmarks/depth_decode.py``: 3.2 vs 5.5 ms per frame, 1.7x, the same values), 2.75-3.07 vs 3.02-3.18 s
+in 6 alternating A/B runs on a slower day (CPU 5.3-5.9 vs 5.9-6.1 s). The reference reads depth through
+the same ``read_depth``, so it gained the same 0.46 s.
 
 Memory: the pool's maps are shared, so the peak reported here does not include the maps a real
 teacher produces frame after frame; with those, up to two groups of frames' maps are alive (the
