@@ -103,6 +103,19 @@ def test_each_png_filter_decodes_to_pils_values(tmp_path, filters):
         assert np.array_equal(ours, expected)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1), (1, 9), (7, 3)])
+def test_full_range_values_and_thin_images_decode_to_pils_values(tmp_path, shape):
+    """Uniform random 16-bit values (every byte pattern, so every filter wraps around) on images one
+    pixel wide or high, where Sub / Average / Paeth have no left neighbour or no row above."""
+    rng = np.random.default_rng(shape[0] * 31 + shape[1])
+    for filters in ([0], [1], [2], [3], [4], [3, 4, 1, 2, 0]):
+        raw = rng.integers(0, 65536, shape, dtype=np.uint16)
+        path = tmp_path / f"d{filters[0]}{len(filters)}.png"
+        path.write_bytes(encode_png16(raw, filters))
+        ours = read_depth(_frame(path, shape[1], shape[0]))
+        assert np.array_equal(ours.view(np.uint32), _pil_depth(path, 1000.0).view(np.uint32)), filters
+
+
 def test_other_png_layouts_fall_back_to_pil(tmp_path):
     """8-bit, colour or interlaced PNGs are not the fast path's format: None, and read_depth still reads them."""
     raw = np.arange(12, dtype=np.uint16).reshape(3, 4) * 3
