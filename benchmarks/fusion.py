@@ -15,7 +15,9 @@ Each run happens in its own subprocess so its peak memory is its own: we report 
 the process's peak RSS during fusion (``ru_maxrss`` at the end minus the RSS just before fusion
 starts). Ours is also run on fewer frames to show the peak does not grow with the frame count,
 and with two teachers in one pass (``fuse_frames``; the second teacher reads map i + 1 of the
-pool) to show what a second teacher costs: its row adds only, no second depth decode or projection.
+pool) to show what a second teacher costs: its row adds only, no second depth decode or projection;
+as two teachers' maps fill a group in half the frames, the one-teacher pass also runs at that group
+size, for the cost at equal group size.
 The last line, ``fusion speed-up: X.Xx``, is the NumPy reference's time over ours (one teacher).
 
 Profile (CPU ms per frame, one teacher, this data, the shared 2-core machine under load; thread CPU
@@ -172,21 +174,22 @@ def worker(args) -> None:
     from sas3d.scene.types import Scene
 
     proj = projection_config_for("7scenes")
+    cfg = FusionConfig(proj, frame_group=args.frame_group) if args.frame_group else FusionConfig(proj)
     # Warm-up on 1000 points and one frame, like the imports not timed: loads numba's cached kernels
     # (a one-off per process, ~0.5 s) and gives NumPy the same first-touch of frame 0.
     if args.worker != "numpy":
-        fuse_maps(Scene("warm-up", points[:1000], "7scenes", frames=frames[:1]), [(frames[0], maps[0])], FusionConfig(proj), progress=False)
+        fuse_maps(Scene("warm-up", points[:1000], "7scenes", frames=frames[:1]), [(frames[0], maps[0])], cfg, progress=False)
     else:
         numpy_reference(points[:1000], frames[:1], maps, proj.border_margin, proj.depth_threshold)
     rss_before = current_rss_kib()  # after imports and map generation: only fusion's own memory counts
     start, cpu_start = time.perf_counter(), time.process_time()
     scene = Scene("redkitchen", points, "7scenes", frames=frames)
     if args.worker == "ours":
-        out = fuse_maps(scene, ((f, maps[i % len(maps)]) for i, f in enumerate(frames)), FusionConfig(proj), progress=False)
+        out = fuse_maps(scene, ((f, maps[i % len(maps)]) for i, f in enumerate(frames)), cfg, progress=False)
         features, seen = out.features.numpy(), out.seen.numpy()
     elif args.worker == "ours2":  # two teachers, one pass: the first is the one-teacher run's, the second reads map i + 1
         pair = ((f, (maps[i % len(maps)], maps[(i + 1) % len(maps)])) for i, f in enumerate(frames))
-        first, second = fuse_frames(scene, pair, FusionConfig(proj), teacher_names=["pool", "pool+1"], progress=False)
+        first, second = fuse_frames(scene, pair, cfg, teacher_names=["pool", "pool+1"], progress=False)
         features, seen = first.features.numpy(), first.seen.numpy()
         del second
     else:
@@ -199,9 +202,10 @@ def worker(args) -> None:
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_growth_mib": (peak - rss_before) / 1024, "seen": int(seen.sum())}))
 
 
-def run_worker(kind: str, frames: int, args, points_file: str, result: str | None) -> dict:
+def run_worker(kind: str, frames: int, args, points_file: str, result: str | None, frame_group: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--frames", str(frames), "--dim", str(args.dim),
-           "--pool", str(args.pool), "--threads", str(args.threads), "--seed", str(args.seed), "--points-file", points_file]
+           "--pool", str(args.pool), "--threads", str(args.threads), "--seed", str(args.seed), "--points-file", points_file,
+           "--frame-group", str(frame_group)]
     if result:
         cmd += ["--result", result]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -221,6 +225,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["ours", "ours2", "numpy"], help=argparse.SUPPRESS)
     parser.add_argument("--points-file", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--frame-group", type=int, default=0, help=argparse.SUPPRESS)  # 0: FusionConfig's default
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.worker:
@@ -243,6 +248,10 @@ def main() -> None:
         ref = run_worker("numpy", len(frames), args, points_file, os.path.join(tmp, "ref"))
         ours = run_worker("ours", len(frames), args, points_file, os.path.join(tmp, "ours"))
         ours2 = run_worker("ours2", len(frames), args, points_file, os.path.join(tmp, "ours2"))
+        from sas3d.fusion.multiview import FusionConfig, frames_per_group
+
+        pair_group = frames_per_group(FusionConfig(), 2 * MAP_H * MAP_W * args.dim * 4)  # two teachers' group size
+        ours_pair_group = run_worker("ours", len(frames), args, points_file, None, frame_group=pair_group)
         a_feat, a_seen = np.load(os.path.join(tmp, "ours.features.npy")), np.load(os.path.join(tmp, "ours.seen.npy"))
         b_feat, b_seen = np.load(os.path.join(tmp, "ref.features.npy")), np.load(os.path.join(tmp, "ref.seen.npy"))
         c_feat, c_seen = np.load(os.path.join(tmp, "ours2.features.npy")), np.load(os.path.join(tmp, "ours2.seen.npy"))
@@ -261,8 +270,6 @@ def main() -> None:
     print(f"ours peak memory growth: {small} frames {ours_small['peak_growth_mib']:.0f} MiB, "
           f"{len(frames)} frames {ours['peak_growth_mib']:.0f} MiB "
           f"(running sum alone: {n * args.dim * 4 / 2**20:.0f} MiB)")
-    from sas3d.fusion.multiview import FusionConfig, frames_per_group
-
     cfg, map_bytes = FusionConfig(), MAP_H * MAP_W * args.dim * 4
     for teachers in (1, 2):
         group = frames_per_group(cfg, teachers * map_bytes)
@@ -275,6 +282,9 @@ def main() -> None:
           f"({100 * second / ours['seconds']:.0f}% of the one-teacher pass; CPU {second_cpu:.2f} s, "
           f"{100 * second_cpu / ours['cpu_seconds']:.0f}%); peak memory growth {ours2['peak_growth_mib']:.0f} MiB; "
           f"first teacher's features {'bit-identical to' if two_same else 'DIFFERENT from'} the one-teacher pass")
+    same_group = ours2["seconds"] - ours_pair_group["seconds"]
+    print(f"the same at equal group size (one teacher in groups of {pair_group} too: {ours_pair_group['seconds']:.2f} s): "
+          f"the second teacher costs {same_group:.2f} s ({100 * same_group / ours_pair_group['seconds']:.0f}% of that pass)")
     print(f"CPU-time ratio (reference / ours): {ref['cpu_seconds'] / ours['cpu_seconds']:.1f}x; load average at the end {os.getloadavg()[0]:.2f}")
     print(f"fusion speed-up: {ref['seconds'] / ours['seconds']:.1f}x")
     if diff > MAX_FP16_DIFF or seen_mismatch or not two_same:
