@@ -150,10 +150,12 @@ def _corrupt_cases(raw: np.ndarray) -> dict[str, tuple[bytes, str]]:
         "short": (short, "expected"),
         "stream": (bad_stream, "damaged"),
         "no_end": (good[: good.index(b"IEND") - 4], "IEND"),
+        "huge": (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1 << 20, 1 << 20, 16, 0, 0, 0, 0))
+                 + _chunk(b"IDAT", zlib.compress(body)) + _chunk(b"IEND", b""), "1048576x1048576"),
     }
 
 
-@pytest.mark.parametrize("case", ["truncated", "crc", "filter", "short", "stream", "no_end"])
+@pytest.mark.parametrize("case", ["truncated", "crc", "filter", "short", "stream", "no_end", "huge"])
 def test_a_corrupt_png_is_an_input_error_naming_the_file(tmp_path, case):
     raw = _random_depth(np.random.default_rng(3), 5, 6)
     data, reason = _corrupt_cases(raw)[case]

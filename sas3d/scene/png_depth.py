@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 1 << 28  # a header claiming more (16384 x 16384) is refused before anything is allocated
 _KERNELS: dict = {}
 
 try:  # libdeflate: about 3x zlib's inflate speed on these streams
@@ -87,6 +88,8 @@ def decode_png_depth(data: bytes, scale: float, invalid: tuple[int, int]) -> np.
                 return None  # another layout: PIL decodes it
             if width == 0 or height == 0:
                 raise ValueError("PNG has zero width or height")
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"PNG claims {width}x{height} pixels, more than {MAX_PIXELS} (not a depth image)")
         elif kind == b"IDAT":
             if width == 0:
                 raise ValueError("PNG image data before its IHDR chunk")
