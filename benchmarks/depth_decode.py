@@ -23,17 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "7scenes_redkitchen"
 
 
-def pil_depth(path: Path, scale: float, invalid) -> np.ndarray:
-    from PIL import Image
+def pil_depth(frame) -> np.ndarray:
+    """What ``read_depth`` did before the fast decoder: PIL's decode, then the float conversion."""
+    from sas3d.scene.images import _raw_to_metres, _read_raw_depth
 
-    with Image.open(path) as im:
-        raw = np.asarray(im)
-    depth = raw.astype(np.float32)
-    np.divide(depth, np.float32(scale), out=depth)
-    for value in invalid:
-        if value != 0:  # 0 / scale is already 0 (as read_depth did before this decoder)
-            depth[raw == value] = 0.0
-    return depth
+    path = Path(frame.depth_path)
+    return _raw_to_metres(_read_raw_depth(path), frame, path)
 
 
 def main() -> None:
@@ -41,7 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from sas3d.scene.images import INVALID_RAW_DEPTH, read_depth
+    from sas3d.scene.images import read_depth
     from sas3d.scene.types import Frame
 
     files = sorted(DATA.glob("*.depth.png"))
@@ -51,14 +46,14 @@ def main() -> None:
     frames = [Frame(p.with_suffix(".jpg"), k, np.eye(4), 640, 480, p) for p in files]
     read_depth(frames[0])  # loads the compiled kernel (numba's cache), as in any fusion run
     for frame in frames:
-        ours, ref = read_depth(frame), pil_depth(frame.depth_path, frame.depth_scale, INVALID_RAW_DEPTH)
+        ours, ref = read_depth(frame), pil_depth(frame)
         if not np.array_equal(ours.view(np.uint32), ref.view(np.uint32)):
             raise SystemExit(f"values differ: {frame.depth_path}")
     pil_ms, ours_ms = [], []
     for _ in range(args.rounds):
         start = time.perf_counter()
         for frame in frames:
-            pil_depth(frame.depth_path, frame.depth_scale, INVALID_RAW_DEPTH)
+            pil_depth(frame)
         pil_ms.append((time.perf_counter() - start) / len(frames) * 1e3)
         start = time.perf_counter()
         for frame in frames:

@@ -45,16 +45,19 @@ def read_color(path: str | Path) -> np.ndarray:
         raise InputError(path, f"unreadable colour image ({exc})") from None
 
 
-def _read_raw_depth(path: Path) -> np.ndarray:
+def _read_raw_depth(path: Path, data: bytes | None = None) -> np.ndarray:
+    """The file's raw depth array (``data``: its bytes, when already read)."""
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputError(path, f"unreadable depth array ({exc})") from None
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             return np.asarray(im)
     except FileNotFoundError:
         raise InputError(path, "depth image not found") from None
@@ -62,9 +65,9 @@ def _read_raw_depth(path: Path) -> np.ndarray:
         raise InputError(path, f"unreadable depth image ({exc})") from None
 
 
-def _read_png_depth(path: Path, frame: Frame) -> np.ndarray | None:
-    """Metres from a 16-bit greyscale PNG through the fast decoder (:mod:`sas3d.scene.png_depth`);
-    None for another PNG layout (PIL reads it)."""
+def _read_png_depth(path: Path, frame: Frame) -> tuple[np.ndarray | None, bytes]:
+    """(metres, the file's bytes) for a 16-bit greyscale PNG through the fast decoder
+    (:mod:`sas3d.scene.png_depth`); metres None for another PNG layout (PIL then reads the same bytes)."""
     from sas3d.scene.png_depth import decode_png_depth
 
     try:
@@ -74,12 +77,14 @@ def _read_png_depth(path: Path, frame: Frame) -> np.ndarray | None:
     except OSError as exc:
         raise InputError(path, f"unreadable depth image ({exc})") from None
     try:
-        return decode_png_depth(data, float(frame.depth_scale), INVALID_RAW_DEPTH)
+        return decode_png_depth(data, float(frame.depth_scale), INVALID_RAW_DEPTH), data
     except ValueError as exc:
         raise InputError(path, f"unreadable depth image ({exc})") from None
 
 
 def _raw_to_metres(raw: np.ndarray, frame: Frame, path: Path) -> np.ndarray:
+    """Metres from a raw depth array: integer units / ``depth_scale`` with the invalid values 0; float
+    units must be finite, negative becomes 0."""
     if raw.dtype.kind == "f":
         if not np.isfinite(raw).all():
             raise InputError(path, f"depth contains {int((~np.isfinite(raw)).sum())} NaN/inf values")
@@ -108,8 +113,8 @@ def read_depth(frame: Frame) -> np.ndarray:
     if frame.depth_path is None:
         raise InputError(frame.color_path, "frame has no depth image")
     path = Path(frame.depth_path)
-    depth = _read_png_depth(path, frame) if path.suffix.lower() == ".png" else None
-    raw = _read_raw_depth(path) if depth is None else depth
+    depth, data = _read_png_depth(path, frame) if path.suffix.lower() == ".png" else (None, None)
+    raw = _read_raw_depth(path, data) if depth is None else depth
     if raw.ndim != 2:
         raise InputError(path, f"depth must be a single-channel image, got shape {raw.shape}")
     if raw.shape != (frame.height, frame.width):

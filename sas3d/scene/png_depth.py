@@ -48,9 +48,7 @@ def _inflate(stream: bytes, size: int) -> bytes:
 
 
 def _chunks(data: bytes):
-    """(type, payload) of each chunk, CRCs checked; stops after IEND."""
-    if data[:8] != PNG_SIGNATURE:
-        raise ValueError("not a PNG file")
+    """(type, payload) of each chunk after the 8-byte signature, CRCs checked; stops after IEND."""
     pos = 8
     while True:
         if pos + 8 > len(data):
