@@ -27,6 +27,7 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
 
     .venv/bin/python benchmarks/instances.py [--rooms 3] [--val-rooms 3] [--epochs 60] [--out runs/bench_instances]
     .venv/bin/python benchmarks/instances.py --epochs 4      # quick check
+    .venv/bin/python benchmarks/instances.py --rooms 9 --out runs/bench_instances9   # the README's scale check
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from sas3d.commands.demo import (  # noqa: E402
     DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL, INPLACE_OVERRIDES)
 
 LABELLERS = {"fused": "fused 2D (guided)", "openscene": "OpenScene student (3D distill)", "sas": "SAS student (SP + TESD)"}
-SHORT = {"fused": "fused 2D", "openscene": "OpenScene", "sas": "SAS", "supervised": "supervised"}
+SHORT = {"fused": "fused 2D", "openscene": "OpenScene", "sas": "SAS", "superpoint": "SAS stage 1", "supervised": "supervised"}
+STAGE1 = {"superpoint": "SAS stage 1 (+ superpoint)"}  # --stage1: the SAS run before TESD, trained as long as the OpenScene student
 REFERENCE = {"supervised": "reference: student on GT labels"}  # not a SAS stage: what the student reaches with perfect labels
 PAPER_TABLE6 = {"OpenScene (3D distill)": (19.8, 25.7, 30.4), "OpenIns3D": (19.9, 28.9, 38.9), "SAS": (25.1, 31.7, 36.7)}
 
@@ -61,6 +63,21 @@ def scene_feature_sets(scene, fused_path, students, class_text):
     for key, model in students.items():
         out[key] = labeller_features("distill", feat3d=student_point_features(model, scene, DEMO_VOXEL))
     return out
+
+
+def gt_instances_named_right(inst, gt_ids, nyu40_ids, class_ids, min_points):
+    """(right, scored): of the ground-truth instances in the benchmark classes with >= ``min_points``
+    vertices, how many a labeller gave their own class (``inst`` = the ground-truth proposals, labelled)."""
+    right = scored = 0
+    for mask, label in zip(inst.masks, nyu40_ids):
+        ids = np.asarray(gt_ids)[mask.indices]
+        if len(ids) == 0:
+            continue
+        gid = int(np.bincount(ids).argmax()) if ids.min() >= 0 else int(ids[0])
+        if gid // 1000 in class_ids and mask.nnz >= min_points:
+            scored += 1
+            right += int(label) == gid // 1000
+    return right, scored
 
 
 def render_instances(scene, point_ids, frame):
@@ -134,11 +151,15 @@ def main() -> int:
     parser.add_argument("--val-rooms", type=int, default=3, help="held-out rooms scored (default 3: office, bedroom, kitchen)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--paper-student", action="store_true", help="the papers' student settings instead of the in-place ones")
+    parser.add_argument("--augment", action="store_true",
+                        help="train the students with augmentation (the papers' setting; off by default, as sas3d demo)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"distillation epochs (default {DEMO_EPOCHS}, as the demo)")
     parser.add_argument("--images-per-class", type=int, default=DEMO_IMAGES_PER_CLASS)
     parser.add_argument("--proposal-features", default="fused,sas",
                         help="comma-separated feature sources for built-in proposals (fused, openscene, sas); the first is the primary set")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference student trained on ground-truth labels (~2 min)")
+    parser.add_argument("--stage1", action="store_true",
+                        help="also label with the SAS run's stage-1 checkpoint (+ superpoint, before TESD; as many epochs as the OpenScene student)")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -154,7 +175,7 @@ def main() -> int:
     from sas3d.pipeline.config import PipelineConfig
     from sas3d.pipeline.runner import run_pipeline
     from sas3d.demo.rooms import build_embedded_dataset
-    from sas3d.evaluate.instance_ap import ScenePredictions, evaluate_instances
+    from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_instances
     from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
     from sas3d.evaluate.predict import build_class_text
     from sas3d.geometry.superpoints import scene_superpoints
@@ -172,7 +193,7 @@ def main() -> int:
                                   seed=args.seed, progress=not args.no_progress)
     cfg = PipelineConfig(images_per_class=args.images_per_class, epochs=args.epochs, voxel_size=DEMO_VOXEL, lr=DEMO_LR,
                          final_lr=DEMO_FINAL_LR, batch_size=1, model_options={"planes": DEMO_PLANES, "init_dim": DEMO_PLANES[0]},
-                         augment=False, train_overrides=[] if args.paper_student else list(INPLACE_OVERRIDES),
+                         augment=args.augment, train_overrides=[] if args.paper_student else list(INPLACE_OVERRIDES),
                          ggsd=False, supervised_reference=not args.no_reference, parallel_runs=os.cpu_count() or 1, seed=args.seed,
                          progress=not args.no_progress, queries=[], query_renders=0)
     report = run_pipeline(data["train"], data["val"], args.out, cfg, log=lambda s: print(s, flush=True))
@@ -181,6 +202,9 @@ def main() -> int:
     students = {"openscene": load_checkpoint(args.out / report.artefacts["checkpoint_pixel_point"])[0].eval(),
                 "sas": load_checkpoint(args.out / report.artefacts["checkpoint_tesd"])[0].eval()}
     labellers = dict(LABELLERS)
+    if args.stage1:
+        students["superpoint"] = load_checkpoint(args.out / report.artefacts["checkpoint_superpoint"])[0].eval()
+        labellers.update(STAGE1)
     if not args.no_reference:
         students["supervised"] = load_checkpoint(args.out / report.artefacts["checkpoint_supervised"])[0].eval()
         labellers.update(REFERENCE)
@@ -192,6 +216,7 @@ def main() -> int:
     splits = {"in_place": ("in place: the rooms the students were distilled on (labels only for scoring)", data["train"]),
               "held_out": ("held out: rooms the students never saw", data["val"])}
     all_results, all_checks, counts, picture, mious = {}, {}, [], {}, {}
+    ap_cfg, named = InstanceAPConfig(), {split: {} for split in splits}
     for split, (description, dirs) in splits.items():
         # the reference student was trained on the training rooms' labels: it is no reference in place
         split_labellers = {k: v for k, v in labellers.items() if not (split == "in_place" and k in REFERENCE)}
@@ -212,6 +237,9 @@ def main() -> int:
                 for lkey in split_labellers:
                     inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
                     preds.setdefault((pname, lkey), []).append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
+                    if pname == "ground truth":  # how many ground-truth objects each labeller names right (a count, beside AP)
+                        r_, n_ = gt_instances_named_right(inst, gt.ids, nyu40_label_ids(inst), ap_cfg.class_ids, ap_cfg.min_region_size)
+                        named[split][lkey] = [a + b for a, b in zip(named[split].get(lkey, [0, 0]), (r_, n_))]
                     if split == "in_place" and len(gts) == 1 and pname == primary:  # the first room's labelled instances, for the picture
                         picture[lkey] = (scene, gt, inst)
         results = {k: evaluate_instances(gts, v) for k, v in preds.items()}
@@ -227,7 +255,11 @@ def main() -> int:
             print(f"{pname:<22}{split_labellers[lkey]:<32}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
         print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
               f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
+              + (f", SAS stage 1 {100 * miou['distill:superpoint']:.1f}" if "superpoint" in split_labellers else "")
               + (f", reference student {100 * miou['distill:supervised']:.1f}" if "distill:supervised" in miou else ""))
+
+        print("ground-truth objects named right (class of the mean feature; benchmark classes, >= 100 vertices): "
+              + ", ".join(f"{SHORT[k]} {r_}/{n_}" for k, (r_, n_) in named[split].items()))
 
         def ratio(a: float, b: float) -> float:
             return a / b if b > 0 else float("nan")
@@ -261,11 +293,14 @@ def main() -> int:
     out = {"simulated": True, "note": "teachers are SIMULATED from ground-truth renders; not real-model results", "title": title,
            "splits": {split: {"rows": [{"proposals": p, "labeller": labellers[k], **r.to_json()} for (p, k), r in results.items()],
                               "checks": {k: None if v is None else bool(v) for k, v in all_checks[split].items()},
-                              "semantic_miou": mious[split]} for split, results in all_results.items()},
+                              "semantic_miou": mious[split],
+                              "gt_objects_named_right": {k: {"right": r_, "scored": n_} for k, (r_, n_) in named[split].items()}}
+                     for split, results in all_results.items()},
            "scenes": counts,
            "config": {"label": label_cfg.__dict__, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
                                                                  "min_points": prop_cfg.min_points, "features": sources},
-                      "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs},
+                      "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs,
+                      "paper_student": args.paper_student, "augment": args.augment},
            "timings_s": {"pipeline (data, fusion, training)": round(pipeline_s, 1), "instances (proposals, labelling, AP)": round(inst_s, 1),
                          "total": round(elapsed, 1)}}
     write_json_atomic(args.out / "report.json", out)
