@@ -240,6 +240,9 @@ def main() -> None:
     print(f"7-Scenes redkitchen: {n} points, {len(frames)} frames, maps {MAP_H}x{MAP_W}x{args.dim} float32, "
           f"torch threads {args.threads} (ours: numba kernels; a background thread adds a group of frames' rows while the "
           f"caller requests the next group's maps, then both threads decode its depths, project its points and finish the adds), load average {os.getloadavg()[0]:.2f}")
+    from sas3d.fusion.multiview import FusionConfig, frames_per_group
+
+    cfg, map_bytes = FusionConfig(), MAP_H * MAP_W * args.dim * 4
     with tempfile.TemporaryDirectory() as tmp:
         points_file = os.path.join(tmp, "points.npy")
         np.save(points_file, points)
@@ -248,9 +251,7 @@ def main() -> None:
         ref = run_worker("numpy", len(frames), args, points_file, os.path.join(tmp, "ref"))
         ours = run_worker("ours", len(frames), args, points_file, os.path.join(tmp, "ours"))
         ours2 = run_worker("ours2", len(frames), args, points_file, os.path.join(tmp, "ours2"))
-        from sas3d.fusion.multiview import FusionConfig, frames_per_group
-
-        pair_group = frames_per_group(FusionConfig(), 2 * MAP_H * MAP_W * args.dim * 4)  # two teachers' group size
+        pair_group = frames_per_group(cfg, 2 * map_bytes)  # two teachers' group size
         ours_pair_group = run_worker("ours", len(frames), args, points_file, None, frame_group=pair_group)
         a_feat, a_seen = np.load(os.path.join(tmp, "ours.features.npy")), np.load(os.path.join(tmp, "ours.seen.npy"))
         b_feat, b_seen = np.load(os.path.join(tmp, "ref.features.npy")), np.load(os.path.join(tmp, "ref.seen.npy"))
@@ -270,7 +271,6 @@ def main() -> None:
     print(f"ours peak memory growth: {small} frames {ours_small['peak_growth_mib']:.0f} MiB, "
           f"{len(frames)} frames {ours['peak_growth_mib']:.0f} MiB "
           f"(running sum alone: {n * args.dim * 4 / 2**20:.0f} MiB)")
-    cfg, map_bytes = FusionConfig(), MAP_H * MAP_W * args.dim * 4
     for teachers in (1, 2):
         group = frames_per_group(cfg, teachers * map_bytes)
         print(f"maps alive with a teacher making a new map per frame ({teachers} teacher(s)): groups of {group} frames, "

@@ -70,10 +70,9 @@ def gt_instances_named_right(inst, gt_ids, nyu40_ids, class_ids, min_points):
     vertices, how many a labeller gave their own class (``inst`` = the ground-truth proposals, labelled)."""
     right = scored = 0
     for mask, label in zip(inst.masks, nyu40_ids):
-        ids = np.asarray(gt_ids)[mask.indices]
-        if len(ids) == 0:
+        if mask.nnz == 0:
             continue
-        gid = int(np.bincount(ids).argmax()) if ids.min() >= 0 else int(ids[0])
+        gid = int(gt_ids[mask.indices[0]])  # a ground-truth proposal is one instance: any of its points names it
         if gid // 1000 in class_ids and mask.nnz >= min_points:
             scored += 1
             right += int(label) == gid // 1000
@@ -236,9 +235,10 @@ def main() -> int:
             for pname, props in proposal_sets.items():
                 for lkey in split_labellers:
                     inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
-                    preds.setdefault((pname, lkey), []).append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
+                    nyu40 = nyu40_label_ids(inst)
+                    preds.setdefault((pname, lkey), []).append(ScenePredictions(inst.masks, nyu40, inst.scores, scene.name))
                     if pname == "ground truth":  # how many ground-truth objects each labeller names right (a count, beside AP)
-                        r_, n_ = gt_instances_named_right(inst, gt.ids, nyu40_label_ids(inst), ap_cfg.class_ids, ap_cfg.min_region_size)
+                        r_, n_ = gt_instances_named_right(inst, np.asarray(gt.ids), nyu40, ap_cfg.class_ids, ap_cfg.min_region_size)
                         named[split][lkey] = [a + b for a, b in zip(named[split].get(lkey, [0, 0]), (r_, n_))]
                     if split == "in_place" and len(gts) == 1 and pname == primary:  # the first room's labelled instances, for the picture
                         picture[lkey] = (scene, gt, inst)
