@@ -28,6 +28,8 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
     .venv/bin/python benchmarks/instances.py [--rooms 3] [--val-rooms 3] [--epochs 60] [--out runs/bench_instances]
     .venv/bin/python benchmarks/instances.py --epochs 4      # quick check
     .venv/bin/python benchmarks/instances.py --rooms 9 --out runs/bench_instances9   # the README's scale check
+    .venv/bin/python benchmarks/instances.py --rooms 9 --stage1 --ablate --ablate-seeds 3 --out runs/bench_instances9
+        # + stage-1 students with one SAS Eq. 10 ingredient each, and the OpenScene / SP-target students over 3 seeds
 """
 
 from __future__ import annotations
@@ -47,10 +49,51 @@ from sas3d.commands.demo import (  # noqa: E402
     DEMO_EPOCHS, DEMO_FINAL_LR, DEMO_IMAGES_PER_CLASS, DEMO_LR, DEMO_PLANES, DEMO_VOXEL, INPLACE_OVERRIDES)
 
 LABELLERS = {"fused": "fused 2D (guided)", "openscene": "OpenScene student (3D distill)", "sas": "SAS student (SP + TESD)"}
-SHORT = {"fused": "fused 2D", "openscene": "OpenScene", "sas": "SAS", "superpoint": "SAS stage 1", "supervised": "supervised"}
+SHORT = {"fused": "fused 2D", "openscene": "OpenScene", "sas": "SAS", "superpoint": "SAS stage 1", "supervised": "supervised",
+         "fused+sp": "OS + L_sp", "sptarget": "OS + SP target", "sp_both": "OS + SP target + L_sp"}
 STAGE1 = {"superpoint": "SAS stage 1 (+ superpoint)"}  # --stage1: the SAS run before TESD, trained as long as the OpenScene student
 REFERENCE = {"supervised": "reference: student on GT labels"}  # not a SAS stage: what the student reaches with perfect labels
 PAPER_TABLE6 = {"OpenScene (3D distill)": (19.8, 25.7, 30.4), "OpenIns3D": (19.9, 28.9, 38.9), "SAS": (25.1, 31.7, 36.7)}
+
+
+# --ablate: students trained as long as the OpenScene student and SAS stage 1, on the OpenScene recipe
+# (1 - cos(F3D, target), lr decayed over those epochs) plus the --set values: one SAS Eq. 10 ingredient each, and
+# both (SAS stage 1 on the OpenScene schedule); --ablate-seeds N repeats the OpenScene recipe and "both" with N - 1
+# more training seeds (same rooms, same fused features), so a difference can be set against what a seed alone makes
+def ablations(seed: int, seeds: int) -> dict[str, tuple[str, list[str]]]:
+    runs = {"fused+sp": ("OpenScene + L_sp (fused target)", ["loss.superpoint=1.0"]),
+            "sptarget": ("OpenScene, SP-mean target (no L_sp)", ["loss.point_target=superpoint"]),
+            "sp_both": ("OpenScene, SP-mean target + L_sp", ["loss.point_target=superpoint", "loss.superpoint=1.0"])}
+    for k in range(1, seeds):
+        runs[f"os_s{k}"] = (f"OpenScene, training seed {seed + k}", [f"seed={seed + k}"])
+        runs[f"sp_both_s{k}"] = (f"OS, SP target + L_sp, seed {seed + k}", runs["sp_both"][1] + [f"seed={seed + k}"])
+    return runs
+
+
+def short_name(key: str) -> str:
+    """Short labeller name for one-line summaries (ablation keys carry their seed)."""
+    if key.startswith(("os_s", "sp_both_s")):
+        base, k = key.rsplit("_s", 1)
+        return f"{SHORT['openscene' if base == 'os' else base]} seed+{k}"
+    return SHORT[key]
+
+
+SEED_GROUPS = {"OpenScene recipe": ("openscene", "os_s"), "SP target + L_sp (SAS stage 1, OpenScene schedule)": ("sp_both", "sp_both_s")}
+
+
+def seed_summary(results, miou, named, primary, keys) -> dict[str, dict[str, list[float]]]:
+    """{group: {measure: [value per training seed]}} for the recipes --ablate-seeds repeats."""
+    out = {}
+    for group, (first, prefix) in SEED_GROUPS.items():
+        members = [first] + sorted(k for k in keys if k.startswith(prefix))
+        if len(members) < 2:
+            continue
+        mkey = {"openscene": "distill:pixel_point"}
+        out[group] = {"ground-truth-proposal AP50": [100 * results[("ground truth", k)].ap50 for k in members],
+                      f"{primary} AP50": [100 * results[(primary, k)].ap50 for k in members],
+                      "semantic mIoU": [100 * miou[mkey.get(k, f"distill:{k}")] for k in members],
+                      "objects named right": [float(named[k][0]) for k in members]}
+    return out
 
 
 def scene_feature_sets(scene, fused_path, students, class_text):
@@ -63,6 +106,22 @@ def scene_feature_sets(scene, fused_path, students, class_text):
     for key, model in students.items():
         out[key] = labeller_features("distill", feat3d=student_point_features(model, scene, DEMO_VOXEL))
     return out
+
+
+def train_ablations(cfg, train_dirs, fused_dir, out: Path, stage1_epochs: int, runs: dict[str, list[str]]) -> dict:
+    """Train the --ablate students (each in ``out/<key>``; a finished run is reused) side by side, one core each;
+    returns {key: last checkpoint}."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sas3d.pipeline.students import train_run, training_overrides
+
+    common = training_overrides(cfg) + ["engine.procs=1", "engine.loader_workers=0", "engine.threads=1"]
+    jobs = [("openscene", common + extra, stage1_epochs, stage1_epochs, [str(d) for d in train_dirs], str(fused_dir),
+             str(out / k.replace("+", "_"))) for k, extra in runs.items()]
+    with ProcessPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(train_run, *zip(*jobs)))
+    return {k: Path(checkpoints["last"]) for k, (checkpoints, _) in zip(runs, results)}
 
 
 def gt_instances_named_right(inst, gt_ids, nyu40_ids, class_ids, min_points):
@@ -159,6 +218,12 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the reference student trained on ground-truth labels (~2 min)")
     parser.add_argument("--stage1", action="store_true",
                         help="also label with the SAS run's stage-1 checkpoint (+ superpoint, before TESD; as many epochs as the OpenScene student)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also train and label with stage-1 students that add one SAS Eq. 10 ingredient each to the OpenScene "
+                             "recipe: the superpoint term L_sp, or the superpoint-mean point target (~2 x an OpenScene student's time)")
+    parser.add_argument("--ablate-seeds", type=int, default=1, metavar="N",
+                        help="with --ablate: also train the OpenScene recipe and SAS stage 1 on the OpenScene schedule with N - 1 "
+                             "more training seeds, and print each one's spread over the N seeds")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -167,6 +232,7 @@ def main() -> int:
     if not sources or any(s not in LABELLERS for s in sources):
         parser.error(f"--proposal-features: choose from {', '.join(LABELLERS)}")
     primary = f"built-in ({SHORT[sources[0]]})"
+    ablation = ablations(args.seed, args.ablate_seeds) if args.ablate else {}
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
 
@@ -175,6 +241,7 @@ def main() -> int:
     from sas3d.pipeline.runner import run_pipeline
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_instances
+    from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
     from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
     from sas3d.evaluate.predict import build_class_text
     from sas3d.geometry.superpoints import scene_superpoints
@@ -204,6 +271,18 @@ def main() -> int:
     if args.stage1:
         students["superpoint"] = load_checkpoint(args.out / report.artefacts["checkpoint_superpoint"])[0].eval()
         labellers.update(STAGE1)
+    if args.ablate:
+        from sas3d.distill.config import load_train_config
+        from sas3d.pipeline.students import training_overrides
+
+        stage1_epochs = load_train_config("sas", training_overrides(cfg), epochs=cfg.epochs).stage1_epochs
+        print(f"== ablation: {'; '.join(v[0] for v in ablation.values())} ({stage1_epochs} epochs each)", flush=True)
+        t_abl = time.perf_counter()
+        runs = {k: extra for k, (_, extra) in ablation.items()}
+        for key, path in train_ablations(cfg, data["train"], fused_dir, args.out / "ablation", stage1_epochs, runs).items():
+            students[key] = load_checkpoint(path)[0].eval()
+            labellers[key] = ablation[key][0]
+        print(f"   ablation students: {(time.perf_counter() - t_abl) / 60:.1f} min", flush=True)
     if not args.no_reference:
         students["supervised"] = load_checkpoint(args.out / report.artefacts["checkpoint_supervised"])[0].eval()
         labellers.update(REFERENCE)
@@ -215,11 +294,14 @@ def main() -> int:
     splits = {"in_place": ("in place: the rooms the students were distilled on (labels only for scoring)", data["train"]),
               "held_out": ("held out: rooms the students never saw", data["val"])}
     all_results, all_checks, counts, picture, mious = {}, {}, [], {}, {}
-    ap_cfg, named = InstanceAPConfig(), {split: {} for split in splits}
+    ap_cfg, named, summary = InstanceAPConfig(), {split: {} for split in splits}, {}
     for split, (description, dirs) in splits.items():
         # the reference student was trained on the training rooms' labels: it is no reference in place
         split_labellers = {k: v for k, v in labellers.items() if not (split == "in_place" and k in REFERENCE)}
         miou = {k: v.miou for k, v in ((r.key, r) for r in report.split(split).rows)}
+        for key in (k for k in split_labellers if k in ablation):  # not pipeline rows: scored here, as the pipeline scores its students
+            miou[f"distill:{key}"] = float(evaluate_scenes([lambda d=d: load_scene(d) for d in dirs], EvalConfig(mode="distill"),
+                                                           model=students[key], voxel_size=DEMO_VOXEL, progress=False).metrics["miou"])
         mious[split] = miou
         gts, preds = [], {}
         for d in dirs:
@@ -249,17 +331,22 @@ def main() -> int:
                  f"{args.epochs} epochs), SIMULATED teachers; built-in (X) = proposals merged by the features of X")
         print()
         print(title)
-        print(f"{'proposals':<22}{'labeller':<32}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
-        print("-" * 75)
+        print(f"{'proposals':<22}{'labeller':<38}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
+        print("-" * 81)
         for (pname, lkey), r in results.items():
-            print(f"{pname:<22}{split_labellers[lkey]:<32}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
+            print(f"{pname:<22}{split_labellers[lkey]:<38}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
         print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
               f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
               + (f", SAS stage 1 {100 * miou['distill:superpoint']:.1f}" if "superpoint" in split_labellers else "")
-              + (f", reference student {100 * miou['distill:supervised']:.1f}" if "distill:supervised" in miou else ""))
+              + (f", reference student {100 * miou['distill:supervised']:.1f}" if "distill:supervised" in miou else "")
+              + "".join(f", {short_name(k)} {100 * miou[f'distill:{k}']:.1f}" for k in ablation if f"distill:{k}" in miou))
 
         print("ground-truth objects named right (class of the mean feature; benchmark classes, >= 100 vertices): "
-              + ", ".join(f"{SHORT[k]} {r_}/{n_}" for k, (r_, n_) in named[split].items()))
+              + ", ".join(f"{short_name(k)} {r_}/{n_}" for k, (r_, n_) in named[split].items()))
+        summary[split] = seed_summary(results, miou, named[split], primary, ablation)
+        for group, measures in summary[split].items():
+            print(f"{group}, over {len(next(iter(measures.values())))} training seeds (mean, min-max): "
+                  + "; ".join(f"{m} {np.mean(v):.1f} ({min(v):.1f}-{max(v):.1f})" for m, v in measures.items()))
 
         def ratio(a: float, b: float) -> float:
             return a / b if b > 0 else float("nan")
@@ -294,13 +381,15 @@ def main() -> int:
            "splits": {split: {"rows": [{"proposals": p, "labeller": labellers[k], **r.to_json()} for (p, k), r in results.items()],
                               "checks": {k: None if v is None else bool(v) for k, v in all_checks[split].items()},
                               "semantic_miou": mious[split],
-                              "gt_objects_named_right": {k: {"right": r_, "scored": n_} for k, (r_, n_) in named[split].items()}}
+                              "gt_objects_named_right": {k: {"right": r_, "scored": n_} for k, (r_, n_) in named[split].items()},
+                              "over_training_seeds": summary.get(split, {})}
                      for split, results in all_results.items()},
            "scenes": counts,
            "config": {"label": label_cfg.__dict__, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
                                                                  "min_points": prop_cfg.min_points, "features": sources},
                       "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs,
-                      "paper_student": args.paper_student, "augment": args.augment},
+                      "paper_student": args.paper_student, "augment": args.augment,
+                      "ablations": {v[0]: v[1] for v in ablation.values()}},
            "timings_s": {"pipeline (data, fusion, training)": round(pipeline_s, 1), "instances (proposals, labelling, AP)": round(inst_s, 1),
                          "total": round(elapsed, 1)}}
     write_json_atomic(args.out / "report.json", out)
