@@ -83,12 +83,11 @@ SEED_GROUPS = {"OpenScene recipe": ("openscene", "os_s"), "SP target + L_sp (SAS
 
 def seed_summary(results, miou, named, primary, keys) -> dict[str, dict[str, list[float]]]:
     """{group: {measure: [value per training seed]}} for the recipes --ablate-seeds repeats."""
-    out = {}
+    out, mkey = {}, {"openscene": "distill:pixel_point"}  # the pipeline's row key of the OpenScene student
     for group, (first, prefix) in SEED_GROUPS.items():
         members = [first] + sorted(k for k in keys if k.startswith(prefix))
         if len(members) < 2:
             continue
-        mkey = {"openscene": "distill:pixel_point"}
         out[group] = {"ground-truth-proposal AP50": [100 * results[("ground truth", k)].ap50 for k in members],
                       f"{primary} AP50": [100 * results[(primary, k)].ap50 for k in members],
                       "semantic mIoU": [100 * miou[mkey.get(k, f"distill:{k}")] for k in members],
@@ -109,18 +108,16 @@ def scene_feature_sets(scene, fused_path, students, class_text):
 
 
 def train_ablations(cfg, train_dirs, fused_dir, out: Path, stage1_epochs: int, runs: dict[str, list[str]]) -> dict:
-    """Train the --ablate students (each in ``out/<key>``; a finished run is reused) side by side, one core each;
-    returns {key: last checkpoint}."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from sas3d.pipeline.students import train_run, training_overrides
+    """Train the --ablate students (each in ``out/<key>``; a finished run is reused) side by side, one core each,
+    in the pipeline's worker pool; returns {key: last checkpoint}."""
+    from sas3d.pipeline.students import train_in_workers, training_overrides
 
     common = training_overrides(cfg) + ["engine.procs=1", "engine.loader_workers=0", "engine.threads=1"]
-    jobs = [("openscene", common + extra, stage1_epochs, stage1_epochs, [str(d) for d in train_dirs], str(fused_dir),
-             str(out / k.replace("+", "_"))) for k, extra in runs.items()]
-    with ProcessPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(train_run, *zip(*jobs)))
+    dirs = {k: out / k.replace("+", "_") for k in runs}
+    jobs = [("openscene", common + extra, stage1_epochs, stage1_epochs, [str(d) for d in train_dirs], str(fused_dir), str(dirs[k]))
+            for k, extra in runs.items()]
+    results = train_in_workers(cfg, jobs, max(1, min(len(jobs), os.cpu_count() or 1)),
+                               [(d / "metrics.csv", stage1_epochs) for d in dirs.values()])
     return {k: Path(checkpoints["last"]) for k, (checkpoints, _) in zip(runs, results)}
 
 

@@ -51,7 +51,7 @@ def train_students(cfg: PipelineConfig, train_dirs: Sequence[Path], fused_dir: P
     if workers == 1:
         results = [train_run(*job) for job in jobs]
     else:
-        results = _in_workers(cfg, jobs, workers, [(runs_dir / recipe / "metrics.csv", epochs) for _, recipe, epochs in plans])
+        results = train_in_workers(cfg, jobs, workers, [(runs_dir / recipe / "metrics.csv", epochs) for _, recipe, epochs in plans])
     runs: dict[str, Path] = {}
     for (key, recipe, epochs), (checkpoints, seconds) in zip(plans, results):
         timings[f"distill: {recipe} recipe ({epochs} epochs)"] = seconds
@@ -60,7 +60,9 @@ def train_students(cfg: PipelineConfig, train_dirs: Sequence[Path], fused_dir: P
     return {k: runs[k] for k in order if k in runs}
 
 
-def _in_workers(cfg: PipelineConfig, jobs: list[tuple], workers: int, logs: list[tuple[Path, int]]) -> list[tuple[dict[str, str], float]]:
+def train_in_workers(cfg: PipelineConfig, jobs: list[tuple], workers: int, logs: list[tuple[Path, int]]) -> list[tuple[dict[str, str], float]]:
+    """Run ``train_run(*job)`` for every job in ``workers`` spawned processes, with one progress bar over the
+    epochs each run's metrics.csv (``logs``: (path, epochs)) records; returns their results in job order."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
