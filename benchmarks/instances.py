@@ -30,6 +30,8 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
     .venv/bin/python benchmarks/instances.py --rooms 9 --out runs/bench_instances9   # the README's scale check
     .venv/bin/python benchmarks/instances.py --rooms 9 --stage1 --ablate --ablate-seeds 3 --out runs/bench_instances9
         # + stage-1 students with one SAS Eq. 10 ingredient each, and the OpenScene / SP-target students over 3 seeds
+    .venv/bin/python benchmarks/instances.py --stage1 --ablate --ablate-seeds 3 --scores prob,similarity
+        # + the built-in proposals ranked by the class probability alone and by the cosine (same labels)
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ def short_name(key: str) -> str:
 SEED_GROUPS = {"OpenScene recipe": ("openscene", "os_s"), "SP target + L_sp (SAS stage 1, OpenScene schedule)": ("sp_both", "sp_both_s")}
 
 
-def seed_summary(results, miou, named, primary, keys) -> dict[str, dict[str, list[float]]]:
-    """{group: {measure: [value per training seed]}} for the recipes --ablate-seeds repeats."""
+def seed_summary(results, miou, named, primary, keys, extra_scores=()) -> dict[str, dict[str, list[float]]]:
+    """{group: {measure: [value per training seed]}} for the recipes --ablate-seeds repeats (+ built-in AP50 under each --scores)."""
     out, mkey = {}, {"openscene": "distill:pixel_point"}  # the pipeline's row key of the OpenScene student
     for group, (first, prefix) in SEED_GROUPS.items():
         members = [first] + sorted(k for k in keys if k.startswith(prefix))
@@ -90,6 +92,8 @@ def seed_summary(results, miou, named, primary, keys) -> dict[str, dict[str, lis
             continue
         out[group] = {"ground-truth-proposal AP50": [100 * results[("ground truth", k)].ap50 for k in members],
                       f"{primary} AP50": [100 * results[(primary, k)].ap50 for k in members],
+                      **{f"{primary} AP50, score {x}": [100 * results[(f"{primary}, score {x}", k)].ap50 for k in members]
+                         for x in extra_scores},
                       "semantic mIoU": [100 * miou[mkey.get(k, f"distill:{k}")] for k in members],
                       "objects named right": [float(named[k][0]) for k in members]}
     return out
@@ -221,6 +225,9 @@ def main() -> int:
     parser.add_argument("--ablate-seeds", type=int, default=1, metavar="N",
                         help="with --ablate: also train the OpenScene recipe and SAS stage 1 on the OpenScene schedule with N - 1 "
                              "more training seeds, and print each one's spread over the N seeds")
+    parser.add_argument("--scores", default="",
+                        help="comma-separated extra confidence scores (sas3d.instances.labelling.SCORES: prob, similarity) for "
+                             "the primary built-in proposals: the same labels ranked another way, extra rows (AP depends on the ranking)")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -229,6 +236,11 @@ def main() -> int:
     if not sources or any(s not in LABELLERS for s in sources):
         parser.error(f"--proposal-features: choose from {', '.join(LABELLERS)}")
     primary = f"built-in ({SHORT[sources[0]]})"
+    extra_scores = [x.strip() for x in args.scores.split(",") if x.strip()]
+    from sas3d.instances.labelling import SCORES
+
+    if any(x not in SCORES or x == "prob_x_agreement" for x in extra_scores):
+        parser.error(f"--scores: choose from {', '.join(x for x in SCORES if x != 'prob_x_agreement')} (prob_x_agreement is the default)")
     ablation = ablations(args.seed, args.ablate_seeds) if args.ablate else {}
     if args.no_progress:
         os.environ["TQDM_DISABLE"] = "1"
@@ -239,12 +251,8 @@ def main() -> int:
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_instances
     from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
-    from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
     from sas3d.evaluate.predict import build_class_text
     from sas3d.geometry.superpoints import scene_superpoints
-    from sas3d.instances.builtin import ProposalConfig, generate_proposals
-    from sas3d.instances.labelling import LabelConfig, label_proposals
-    from sas3d.instances.segment import gt_proposals
     from sas3d.models.checkpoint import load_checkpoint
     from sas3d.text.encoders import build_text_encoder
     from sas3d.text.labelsets import get_label_set
@@ -285,6 +293,11 @@ def main() -> int:
         labellers.update(REFERENCE)
 
     t_inst = time.perf_counter()
+    from sas3d.instances.builtin import ProposalConfig, generate_proposals
+    from sas3d.instances.labelling import LabelConfig, label_proposals
+    from sas3d.instances.segment import gt_proposals
+    from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
+
     ls = get_label_set("scannet20")
     ct = build_class_text(ls, build_text_encoder(cfg.text_encoder))
     label_cfg, prop_cfg = LabelConfig(), ProposalConfig()
@@ -319,6 +332,10 @@ def main() -> int:
                     if pname == "ground truth":  # how many ground-truth objects each labeller names right (a count, beside AP)
                         r_, n_ = gt_instances_named_right(inst, np.asarray(gt.ids), nyu40, ap_cfg.class_ids, ap_cfg.min_region_size)
                         named[split][lkey] = [a + b for a, b in zip(named[split].get(lkey, [0, 0]), (r_, n_))]
+                    for score in extra_scores if pname == primary else []:  # same labels, ranked by another confidence
+                        alt = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), LabelConfig(score=score))
+                        preds.setdefault((f"{pname}, score {score}", lkey), []).append(
+                            ScenePredictions(alt.masks, nyu40_label_ids(alt), alt.scores, scene.name))
                     if split == "in_place" and len(gts) == 1 and pname == primary:  # the first room's labelled instances, for the picture
                         picture[lkey] = (scene, gt, inst)
         results = {k: evaluate_instances(gts, v) for k, v in preds.items()}
@@ -328,10 +345,11 @@ def main() -> int:
                  f"{args.epochs} epochs), SIMULATED teachers; built-in (X) = proposals merged by the features of X")
         print()
         print(title)
-        print(f"{'proposals':<22}{'labeller':<38}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
-        print("-" * 81)
+        width = max(22, *(len(p) + 2 for p, _ in results))
+        print(f"{'proposals':<{width}}{'labeller':<38}{'mAP':>7}{'AP50':>7}{'AP25':>7}")
+        print("-" * (width + 59))
         for (pname, lkey), r in results.items():
-            print(f"{pname:<22}{split_labellers[lkey]:<38}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
+            print(f"{pname:<{width}}{split_labellers[lkey]:<38}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
         print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
               f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
               + (f", SAS stage 1 {100 * miou['distill:superpoint']:.1f}" if "superpoint" in split_labellers else "")
@@ -340,7 +358,7 @@ def main() -> int:
 
         print("ground-truth objects named right (class of the mean feature; benchmark classes, >= 100 vertices): "
               + ", ".join(f"{short_name(k)} {r_}/{n_}" for k, (r_, n_) in named[split].items()))
-        summary[split] = seed_summary(results, miou, named[split], primary, ablation)
+        summary[split] = seed_summary(results, miou, named[split], primary, ablation, extra_scores)
         for group, measures in summary[split].items():
             print(f"{group}, over {len(next(iter(measures.values())))} training seeds (mean, min-max): "
                   + "; ".join(f"{m} {np.mean(v):.1f} ({min(v):.1f}-{max(v):.1f})" for m, v in measures.items()))
@@ -349,7 +367,7 @@ def main() -> int:
             return a / b if b > 0 else float("nan")
 
         checks = {}  # None: not decidable in this run (the reference is 0)
-        for pname in (primary, "ground truth"):
+        for pname in (primary, *(f"{primary}, score {x}" for x in extra_scores), "ground truth"):
             s_, o = results[(pname, "sas")].ap50, results[(pname, "openscene")].ap50
             checks[f"SAS student >= OpenScene student, {pname} proposals (AP50 {100 * s_:.1f} vs {100 * o:.1f}, {ratio(s_, o):.2f}x)"] = \
                 None if s_ == o == 0 else s_ >= o
@@ -382,7 +400,7 @@ def main() -> int:
                               "over_training_seeds": summary.get(split, {})}
                      for split, results in all_results.items()},
            "scenes": counts,
-           "config": {"label": label_cfg.__dict__, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
+           "config": {"label": label_cfg.__dict__, "extra_scores": extra_scores, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
                                                                  "min_points": prop_cfg.min_points, "features": sources},
                       "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs,
                       "paper_student": args.paper_student, "augment": args.augment,

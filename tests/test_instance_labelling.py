@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sas3d.instances.builtin import ProposalConfig, contact_pairs, generate_proposals, merge_hierarchy
+from sas3d.instances.builtin import ProposalConfig, agglomerate, contact_pairs, generate_proposals, merge_hierarchy
 from sas3d.instances.features import PointFeatureSet, labeller_features
 from sas3d.instances.labelling import LabelConfig, label_proposals, mask_nms, rank_instances
 from sas3d.instances.types import Instances, Proposals, mask_iou, masks_from_dense, masks_from_ids
@@ -56,6 +56,45 @@ def test_merge_hierarchy_matches_brute_force(seed):
     assert len(want[0]) > len(want[-1])  # the levels really are different granularities
 
 
+def test_region_lifetime_known_answer():
+    # superpoints 0 - 1 - 2 in a chain: 0 and 1 nearly parallel (cosine 0.96), 2 orthogonal to both
+    sums = np.array([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [0.0, 0.0, 1.0]])
+    tree = agglomerate(sums, np.array([[0, 1], [1, 2]]), [0.9, 0.5, -0.5])
+    # nodes: 0, 1, 2 (superpoints, born 1.0), 3 = {0, 1} born at 0.96, 4 = all born at cos({0,1}, 2) = 0
+    np.testing.assert_allclose(tree.birth, [1.0, 1.0, 1.0, 0.96, 0.0])
+    np.testing.assert_allclose(tree.death, [0.96, 0.96, 0.0, 0.0, -1.0])  # the last region is never absorbed
+    np.testing.assert_allclose(tree.lifetime(0), [0.48, 0.48, 0.5])  # (birth - death) / 2 of {0, 1} and {2}
+    np.testing.assert_allclose(tree.lifetime(1), [0.48, 0.48, 0.5])
+    np.testing.assert_allclose(tree.lifetime(2), [0.5, 0.5, 0.5])  # (0 - (-1)) / 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_region_lifetime_matches_brute_force_threshold_sweep(seed):
+    """A region's lifetime = the span of merge thresholds at which it is a region: count the thresholds of a
+    fine sweep from 1 to -1 at which the brute-force agglomeration has it (mean-linkage inversions: never)."""
+    rng = np.random.default_rng(seed)
+    s, c = 10, 5
+    protos = rng.normal(size=(3, c))
+    sums = protos[rng.integers(0, 3, s)] * rng.integers(1, 5, (s, 1)) + 0.6 * rng.normal(size=(s, c))
+    pairs = np.array(sorted({(min(a, b), max(a, b)) for a, b in rng.integers(0, s, (22, 2)) if a != b}))
+    step = 0.01
+    sweep = list(np.round(np.arange(1.0, -1.0 - 1e-9, -step), 6))
+    counts: dict[frozenset, int] = {}
+    for regions in _brute_force_hierarchy(sums, pairs, sweep):
+        for r in regions:
+            counts[r] = counts.get(r, 0) + 1
+    tree = agglomerate(sums, pairs, sweep)
+    checked = 0
+    for level, part in enumerate(tree.partitions):
+        life = tree.lifetime(level)
+        for r in np.unique(part):
+            members = np.flatnonzero(part == r)
+            span = counts[frozenset(members.tolist())] * step  # thresholds in (death, birth], the last one at -1 included
+            assert abs(2 * life[members[0]] - span) <= step + 1e-9, (members, life[members[0]], span)
+            checked += 1
+    assert checked > s  # many (level, region) pairs, several granularities
+
+
 def _box_surface(lo, hi, step=0.04):
     """Points on the surface of an axis-aligned box (a grid on each face)."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
@@ -100,6 +139,14 @@ def test_builtin_proposals_recover_touching_objects(room):
     iou = mask_iou(gt, props.masks)
     np.testing.assert_allclose(iou.max(axis=1), 1.0)  # every object is exactly one proposal
     assert (props.sizes >= 100).all() and props.metadata["contacts"] > 0
+    # ranked by lifetime: the objects (a slab's neighbours share its class) outlive every union of two objects
+    deep = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5, 0.0]))
+    whole = mask_iou(gt, deep.masks).argmax(axis=1)
+    unions = np.setdiff1d(np.arange(len(deep)), whole)
+    assert len(unions) and deep.scores[whole].min() > deep.scores[unions].max()
+    assert ((deep.scores > 0) & (deep.scores <= 1)).all()
+    flat = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5], score="none"))
+    np.testing.assert_array_equal(flat.scores, 1.0)
     # without the contact graph nothing merges: the slabs stay apart
     far = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.5], adjacency_radius=1e-4, min_points=1))
     assert len(far) == room["spx"].max() + 1

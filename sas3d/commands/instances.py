@@ -18,7 +18,8 @@ probability of that class x share of its points that agree x the proposal's own 
 
 Proposals (--proposals):
   builtin   training-free, CPU: superpoints merged over their contact graph by feature similarity,
-            at several granularities (overlapping proposals, as Mask3D returns)
+            at several granularities (overlapping proposals, as Mask3D returns), each scored by its
+            lifetime in the merge hierarchy (builtin.score=none: no score)
   gt        the scene's ground-truth instances (segs.json + aggregation.json): an upper bound
   FILE/DIR  bring your own: a ScanNet benchmark instance .txt (Mask3D's export), OpenMask3D's
             <scene>_masks.pt, a .npz/.pt dict (pred_masks, pred_scores, pred_classes) or .npy;

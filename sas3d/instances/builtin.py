@@ -10,7 +10,17 @@ No weights and CPU only. From the scene itself:
    region's feature is the mean over all its points, recomputed after each merge;
 4. multiple granularities, as Mask3D returns overlapping masks: the partition is recorded each time
    the best remaining similarity falls below one of ``levels``; every region of at least
-   ``min_points`` points at any level is a proposal (identical regions at several levels once).
+   ``min_points`` points at any level is a proposal (identical regions at several levels once);
+5. an objectness score for each proposal, as Mask3D scores its masks, here without training: the
+   region's *lifetime* in the merge hierarchy. A region is born at the threshold of the merge that
+   made it (1 for a superpoint) and dies at the threshold of the merge that absorbs it (-1 if nothing
+   ever does: nothing touches it); it is a region at every threshold in between, so
+   ``(birth - death) / 2`` in [0, 1] says how far apart, in feature space, it stays from what lies
+   inside and around it (the persistence, or stability, that HDBSCAN ranks clusters by). A merge's
+   threshold is its cosine, or the lowest cosine merged before it where that is lower (merging by mean
+   features can make a later pair more similar than an earlier one). A fragment of
+   an object is absorbed just below its birth and a union of two objects is born low; the whole object
+   lives longest. The labeller multiplies its confidence by this score.
 
 Geometry decides which regions may merge (contact), the features decide in which order and how far.
 """
@@ -35,7 +45,28 @@ class ProposalConfig:
     levels: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5])  # cosine thresholds, one granularity each
     adjacency_radius: float = 0.05  # m; superpoints with points this close touch (about two ScanNet vertex spacings)
     min_points: int = 100  # ScanNet minimum region size: smaller regions are not proposed
+    score: str = "lifetime"  # lifetime (the region's persistence in the merge hierarchy, module docstring) | none (1.0 each)
     superpoints: SuperpointConfig = field(default_factory=SuperpointConfig)
+
+
+PROPOSAL_SCORES = ("lifetime", "none")
+MIN_LIFETIME = 1e-3  # floor of the lifetime score: a region absorbed above its birth (mean-linkage inversion) still ranks by its label
+
+
+@dataclass
+class MergeHierarchy:
+    """The agglomeration of :func:`merge_hierarchy`: per level a (S,) region id of each superpoint, and the
+    dendrogram node of that region, with every node's birth and death cosine."""
+
+    partitions: list[np.ndarray]
+    nodes: list[np.ndarray]  # per level, (S,) the node (region) each superpoint belongs to
+    birth: np.ndarray  # (nodes,) threshold of the merge that created the node; 1.0 for a superpoint
+    death: np.ndarray  # (nodes,) threshold of the merge that absorbed it; -1.0 if none did
+
+    def lifetime(self, level: int) -> np.ndarray:
+        """(S,) ``(birth - death) / 2`` of each superpoint's region at ``level``, floored at ``MIN_LIFETIME``."""
+        n = self.nodes[level]
+        return np.maximum((self.birth[n] - self.death[n]) / 2.0, MIN_LIFETIME)
 
 
 def contact_pairs(points: np.ndarray, superpoints: np.ndarray, radius: float, faces: np.ndarray | None = None) -> np.ndarray:
@@ -60,8 +91,14 @@ def merge_hierarchy(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) ->
     """Agglomerative merging of regions over a graph; returns, for each level, a (S,) region id per superpoint.
 
     ``sums`` (S, C) summed point features per superpoint (the cosine of two regions' sums is that of their
-    mean features; a region without features has similarity 0 to everything, so it never merges).
+    mean features; a region without features has similarity 0 to everything, so it merges only below 0).
     """
+    return agglomerate(sums, pairs, levels).partitions
+
+
+def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> MergeHierarchy:
+    """:func:`merge_hierarchy` with the dendrogram: merging goes on below the last level until no
+    neighbours are left, so every region recorded at a level has its death (or none: -1)."""
     s = len(sums)
     sums = np.asarray(sums, dtype=np.float64).copy()
     parent = np.arange(s)
@@ -70,6 +107,8 @@ def merge_hierarchy(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) ->
         nbrs[int(a)].add(int(b))
         nbrs[int(b)].add(int(a))
     version = np.zeros(s, dtype=np.int64)
+    node = np.arange(s)  # current dendrogram node of each root
+    birth, death = [1.0] * s, [-1.0] * s
 
     def unit(i: int) -> np.ndarray:
         n = np.linalg.norm(sums[i])
@@ -87,19 +126,28 @@ def merge_hierarchy(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) ->
             x = parent[x]
         return x
 
-    def snapshot() -> np.ndarray:
-        return np.fromiter((find(i) for i in range(s)), dtype=np.int64, count=s)
+    nodes: list[np.ndarray] = []
 
-    level = 0
-    while heap and level < len(thresholds):
+    def snapshot() -> None:
+        roots = np.fromiter((find(i) for i in range(s)), dtype=np.int64, count=s)
+        out.append(roots)
+        nodes.append(node[roots])
+
+    level, height = 0, 1.0
+    while heap:
         neg, a, b, va, vb = heapq.heappop(heap)
         if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
             continue  # stale entry: one side changed since it was pushed
         while level < len(thresholds) and -neg < thresholds[level]:
-            out.append(snapshot())
+            snapshot()
             level += 1
-        if level == len(thresholds):
-            break
+        # the threshold this merge happens at: the lowest cosine merged so far (merging by mean features can make a
+        # later pair more similar than an earlier one; a region made and absorbed that way is a region at no threshold)
+        height = min(height, -neg)
+        death[node[a]] = death[node[b]] = height  # both regions end here; their union is born
+        node[a] = len(birth)
+        birth.append(height)
+        death.append(-1.0)
         parent[b] = a  # merge b into a
         sums[a] += sums[b]
         units[a] = unit(a)
@@ -114,15 +162,18 @@ def merge_hierarchy(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) ->
             x, y = (a, c) if a < c else (c, a)
             heapq.heappush(heap, (-float(units[a] @ units[c]), x, y, int(version[x]), int(version[y])))
     while level < len(thresholds):
-        out.append(snapshot())
+        snapshot()
         level += 1
-    return out
+    return MergeHierarchy(out, nodes, np.asarray(birth, dtype=np.float64), np.asarray(death, dtype=np.float64))
 
 
 def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: PointFeatureSet, cfg: ProposalConfig | None = None,
                        faces: np.ndarray | None = None) -> Proposals:
-    """Multi-granularity proposals of one scene (module docstring); scores are 1.0 (the labeller ranks them)."""
+    """Multi-granularity proposals of one scene, scored by their lifetime in the merge hierarchy (module docstring;
+    ``cfg.score="none"``: 1.0 each, the labeller alone ranks them)."""
     cfg = cfg or ProposalConfig()
+    if cfg.score not in PROPOSAL_SCORES:
+        raise ValueError(f"unknown proposal score {cfg.score!r}; use one of {PROPOSAL_SCORES}")
     sp_ids = np.asarray(superpoints, dtype=np.int64).reshape(-1)
     n = len(sp_ids)
     if feats.num_points != n or len(points) != n:
@@ -134,13 +185,15 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8)
     sums = member @ (f * valid[:, None])
     pairs = contact_pairs(points, sp_ids, cfg.adjacency_radius, faces)
-    partitions = merge_hierarchy(sums, pairs, cfg.levels)
+    tree = agglomerate(sums, pairs, cfg.levels)
     sp_size = np.bincount(sp_ids, minlength=s)
     seen: set[bytes] = set()
     rows: list[np.ndarray] = []
+    scores: list[float] = []
     per_level: list[int] = []
-    for part in partitions:
+    for level, part in enumerate(tree.partitions):
         size = np.bincount(part, weights=sp_size, minlength=s)
+        lifetime = tree.lifetime(level)
         per_level.append(0)
         for r in np.flatnonzero(size >= cfg.min_points):
             members = np.flatnonzero(part == r)
@@ -149,6 +202,7 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
                 continue
             seen.add(key)
             rows.append(members)
+            scores.append(float(lifetime[members[0]]) if cfg.score == "lifetime" else 1.0)
             per_level[-1] += 1
     # proposal x superpoint, then x point
     if rows:
@@ -157,5 +211,6 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
         masks = (psp.astype(np.int64) @ member.astype(np.int64)).astype(bool).tocsr()
     else:
         masks = sp.csr_matrix((0, n), dtype=bool)
-    return Proposals(masks, np.ones(len(rows)), None, {"source": "builtin", "features": feats.source, "levels": sorted(cfg.levels, reverse=True),
-                                                       "new_per_level": per_level, "superpoints": s, "contacts": int(len(pairs))})
+    return Proposals(masks, np.asarray(scores, dtype=np.float64), None,
+                     {"source": "builtin", "features": feats.source, "levels": sorted(cfg.levels, reverse=True), "score": cfg.score,
+                      "new_per_level": per_level, "superpoints": s, "contacts": int(len(pairs))})
