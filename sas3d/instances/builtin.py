@@ -56,7 +56,7 @@ MIN_LIFETIME = 1e-3  # floor of the lifetime score: a region absorbed above its 
 @dataclass
 class MergeHierarchy:
     """The agglomeration of :func:`merge_hierarchy`: per level a (S,) region id of each superpoint, and the
-    dendrogram node of that region, with every node's birth and death cosine."""
+    dendrogram node of that region, with every node's birth and death threshold."""
 
     partitions: list[np.ndarray]
     nodes: list[np.ndarray]  # per level, (S,) the node (region) each superpoint belongs to
