@@ -251,8 +251,12 @@ def main() -> int:
     from sas3d.demo.rooms import build_embedded_dataset
     from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_instances
     from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
+    from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
     from sas3d.evaluate.predict import build_class_text
     from sas3d.geometry.superpoints import scene_superpoints
+    from sas3d.instances.builtin import ProposalConfig, generate_proposals
+    from sas3d.instances.labelling import LabelConfig, label_proposals
+    from sas3d.instances.segment import gt_proposals
     from sas3d.models.checkpoint import load_checkpoint
     from sas3d.text.encoders import build_text_encoder
     from sas3d.text.labelsets import get_label_set
@@ -293,11 +297,6 @@ def main() -> int:
         labellers.update(REFERENCE)
 
     t_inst = time.perf_counter()
-    from sas3d.instances.builtin import ProposalConfig, generate_proposals
-    from sas3d.instances.labelling import LabelConfig, label_proposals
-    from sas3d.instances.segment import gt_proposals
-    from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
-
     ls = get_label_set("scannet20")
     ct = build_class_text(ls, build_text_encoder(cfg.text_encoder))
     label_cfg, prop_cfg = LabelConfig(), ProposalConfig()
