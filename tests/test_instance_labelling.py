@@ -147,6 +147,10 @@ def test_builtin_proposals_recover_touching_objects(room):
     assert ((deep.scores > 0) & (deep.scores <= 1)).all()
     flat = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5], score="none"))
     np.testing.assert_array_equal(flat.scores, 1.0)
+    from sas3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="builtin.score: unknown proposal score 'size'"):  # a user error, not a traceback
+        generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(score="size"))
     # without the contact graph nothing merges: the slabs stay apart
     far = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.5], adjacency_radius=1e-4, min_points=1))
     assert len(far) == room["spx"].max() + 1

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from sas3d.errors import ConfigError
 from sas3d.geometry.superpoints import SuperpointConfig
 from sas3d.instances.features import PointFeatureSet
 from sas3d.instances.types import Proposals
@@ -173,7 +174,7 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
     ``cfg.score="none"``: 1.0 each, the labeller alone ranks them)."""
     cfg = cfg or ProposalConfig()
     if cfg.score not in PROPOSAL_SCORES:
-        raise ValueError(f"unknown proposal score {cfg.score!r}; use one of {PROPOSAL_SCORES}")
+        raise ConfigError(f"builtin.score: unknown proposal score {cfg.score!r}; use one of {', '.join(PROPOSAL_SCORES)}")
     sp_ids = np.asarray(superpoints, dtype=np.int64).reshape(-1)
     n = len(sp_ids)
     if feats.num_points != n or len(points) != n:
