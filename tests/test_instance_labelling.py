@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sas3d.instances.builtin import ProposalConfig, agglomerate, contact_pairs, generate_proposals, merge_hierarchy
+from sas3d.instances.builtin import MIN_LIFETIME, ProposalConfig, agglomerate, contact_pairs, generate_proposals, merge_hierarchy
 from sas3d.instances.features import PointFeatureSet, labeller_features
 from sas3d.instances.labelling import LabelConfig, label_proposals, mask_nms, rank_instances
 from sas3d.instances.types import Instances, Proposals, mask_iou, masks_from_dense, masks_from_ids
@@ -66,6 +66,36 @@ def test_region_lifetime_known_answer():
     np.testing.assert_allclose(tree.lifetime(0), [0.48, 0.48, 0.5])  # (birth - death) / 2 of {0, 1} and {2}
     np.testing.assert_allclose(tree.lifetime(1), [0.48, 0.48, 0.5])
     np.testing.assert_allclose(tree.lifetime(2), [0.5, 0.5, 0.5])  # (0 - (-1)) / 2
+
+
+def test_featureless_region_has_no_lifetime():
+    # chain 0 - 1 - 2 - 3: superpoint 2 has no feature (no camera saw it); its cosine with everything is the
+    # convention 0, which made it a region from 1 down to 0, lifetime 0.5, above every real object
+    sums = np.array([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    tree = agglomerate(sums, np.array([[0, 1], [1, 2], [2, 3]]), [0.9, 0.5])
+    np.testing.assert_array_equal(tree.featureless[:4], [False, False, True, False])
+    life = tree.lifetime(1)  # at 0.5: {0, 1}, {2}, {3}
+    assert life[2] == MIN_LIFETIME
+    np.testing.assert_allclose(life[[0, 1]], 0.48)  # {0, 1}: born 0.96, absorbed at 0 (by the featureless neighbour)
+    # a union of two featureless superpoints is featureless too
+    t2 = agglomerate(np.zeros((2, 3)), np.array([[0, 1]]), [0.5, -0.5])
+    assert t2.featureless.tolist() == [True, True, True] and t2.lifetime(1).tolist() == [MIN_LIFETIME] * 2
+
+
+def test_featureless_proposal_ranks_last(room):
+    """End to end: a proposal of points without fused features (unseen) gets the floor score, so a student that
+    labels every point cannot rank it above the objects."""
+    feats = room["feats"]
+    unseen = room["obj"] == 3  # the second chair: no camera saw it
+    f = feats.features.clone()
+    f[torch.from_numpy(unseen)] = 0.0
+    props = generate_proposals(room["points"], room["spx"], PointFeatureSet(f, ~unseen, "fusion"), ProposalConfig(levels=[0.9, 0.7, 0.5]))
+    covered = np.asarray(props.masks[:, np.flatnonzero(unseen)].sum(axis=1)).reshape(-1) > 0
+    inside = np.asarray(props.masks[:, np.flatnonzero(~unseen)].sum(axis=1)).reshape(-1) == 0
+    only_unseen = covered & inside
+    assert only_unseen.any()
+    assert (props.scores[only_unseen] == MIN_LIFETIME).all()
+    assert props.scores[~only_unseen].min() > MIN_LIFETIME
 
 
 @pytest.mark.parametrize("seed", range(3))

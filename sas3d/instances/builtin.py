@@ -20,7 +20,10 @@ No weights and CPU only. From the scene itself:
    threshold is its cosine, or the lowest cosine merged before it where that is lower (merging by mean
    features can make a later pair more similar than an earlier one). A fragment of
    an object is absorbed just below its birth and a union of two objects is born low; the whole object
-   lives longest. The labeller multiplies its confidence by this score.
+   lives longest. A region none of whose points has a feature (fused 2D where no camera saw it) has no
+   similarity to anything, only the convention 0, so no lifetime either: it scores the floor
+   (``MIN_LIFETIME``), not the 0.5 that convention would give a superpoint absorbed at 0. The labeller
+   multiplies its confidence by this score.
 
 Geometry decides which regions may merge (contact), the features decide in which order and how far.
 """
@@ -63,11 +66,13 @@ class MergeHierarchy:
     nodes: list[np.ndarray]  # per level, (S,) the node (region) each superpoint belongs to
     birth: np.ndarray  # (nodes,) threshold of the merge that created the node; 1.0 for a superpoint
     death: np.ndarray  # (nodes,) threshold of the merge that absorbed it; -1.0 if none did
+    featureless: np.ndarray  # (nodes,) bool: no point of the region has a feature (its similarities are the convention 0)
 
     def lifetime(self, level: int) -> np.ndarray:
-        """(S,) ``(birth - death) / 2`` of each superpoint's region at ``level``, floored at ``MIN_LIFETIME``."""
+        """(S,) ``(birth - death) / 2`` of each superpoint's region at ``level``, floored at ``MIN_LIFETIME``;
+        a featureless region has no lifetime: ``MIN_LIFETIME``."""
         n = self.nodes[level]
-        return np.maximum((self.birth[n] - self.death[n]) / 2.0, MIN_LIFETIME)
+        return np.where(self.featureless[n], MIN_LIFETIME, np.maximum((self.birth[n] - self.death[n]) / 2.0, MIN_LIFETIME))
 
 
 def contact_pairs(points: np.ndarray, superpoints: np.ndarray, radius: float, faces: np.ndarray | None = None) -> np.ndarray:
@@ -92,7 +97,7 @@ def merge_hierarchy(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) ->
     """Agglomerative merging of regions over a graph; returns, for each level, a (S,) region id per superpoint.
 
     ``sums`` (S, C) summed point features per superpoint (the cosine of two regions' sums is that of their
-    mean features; a region without features has similarity 0 to everything, so it merges only below 0).
+    mean features; a region without features has similarity 0 to everything, so it merges only at 0 or below).
     """
     return agglomerate(sums, pairs, levels).partitions
 
@@ -110,6 +115,7 @@ def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> Mer
     version = np.zeros(s, dtype=np.int64)
     node = np.arange(s)  # current dendrogram node of each root
     birth, death = [1.0] * s, [-1.0] * s
+    featureless = [not bool(np.any(sums[i])) for i in range(s)]
 
     def unit(i: int) -> np.ndarray:
         n = np.linalg.norm(sums[i])
@@ -146,6 +152,7 @@ def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> Mer
         # later pair more similar than an earlier one; a region made and absorbed that way is a region at no threshold)
         height = min(height, -neg)
         death[node[a]] = death[node[b]] = height  # both regions end here; their union is born
+        featureless.append(featureless[node[a]] and featureless[node[b]])
         node[a] = len(birth)
         birth.append(height)
         death.append(-1.0)
@@ -165,7 +172,8 @@ def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> Mer
     while level < len(thresholds):
         snapshot()
         level += 1
-    return MergeHierarchy(out, nodes, np.asarray(birth, dtype=np.float64), np.asarray(death, dtype=np.float64))
+    return MergeHierarchy(out, nodes, np.asarray(birth, dtype=np.float64), np.asarray(death, dtype=np.float64),
+                          np.asarray(featureless, dtype=bool))
 
 
 def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: PointFeatureSet, cfg: ProposalConfig | None = None,
