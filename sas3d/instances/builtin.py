@@ -115,7 +115,7 @@ def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> Mer
     version = np.zeros(s, dtype=np.int64)
     node = np.arange(s)  # current dendrogram node of each root
     birth, death = [1.0] * s, [-1.0] * s
-    featureless = [not bool(np.any(sums[i])) for i in range(s)]
+    featureless = (~sums.any(axis=1)).tolist()
 
     def unit(i: int) -> np.ndarray:
         n = np.linalg.norm(sums[i])
