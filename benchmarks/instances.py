@@ -60,8 +60,9 @@ PAPER_TABLE6 = {"OpenScene (3D distill)": (19.8, 25.7, 30.4), "OpenIns3D": (19.9
 
 # --ablate: students trained as long as the OpenScene student and SAS stage 1, on the OpenScene recipe
 # (1 - cos(F3D, target), lr decayed over those epochs) plus the --set values: one SAS Eq. 10 ingredient each, and
-# both (SAS stage 1 on the OpenScene schedule); --ablate-seeds N repeats the OpenScene recipe and "both" with N - 1
-# more training seeds (same rooms, same fused features), so a difference can be set against what a seed alone makes
+# both (SAS stage 1 on the OpenScene schedule); --ablate-seeds N repeats the OpenScene recipe, "both" and the full SAS
+# recipe (SP + TESD, the pipeline's SAS student) with N - 1 more training seeds (same rooms, same fused features), so a
+# difference can be set against what a seed alone makes
 def ablations(seed: int, seeds: int) -> dict[str, tuple[str, list[str]]]:
     runs = {"fused+sp": ("OpenScene + L_sp (fused target)", ["loss.superpoint=1.0"]),
             "sptarget": ("OpenScene, SP-mean target (no L_sp)", ["loss.point_target=superpoint"]),
@@ -69,23 +70,30 @@ def ablations(seed: int, seeds: int) -> dict[str, tuple[str, list[str]]]:
     for k in range(1, seeds):
         runs[f"os_s{k}"] = (f"OpenScene, training seed {seed + k}", [f"seed={seed + k}"])
         runs[f"sp_both_s{k}"] = (f"OS, SP target + L_sp, seed {seed + k}", runs["sp_both"][1] + [f"seed={seed + k}"])
+        runs[f"sas_s{k}"] = (f"SAS student (SP + TESD), seed {seed + k}", [f"seed={seed + k}"])
     return runs
+
+
+def ablation_recipe(key: str) -> str:
+    """The training recipe of an --ablate run: the full SAS recipe for its seed repeats, else OpenScene's."""
+    return "sas" if key.startswith("sas_s") else "openscene"
 
 
 def short_name(key: str) -> str:
     """Short labeller name for one-line summaries (ablation keys carry their seed)."""
-    if key.startswith(("os_s", "sp_both_s")):
+    if key.startswith(("os_s", "sp_both_s", "sas_s")):
         base, k = key.rsplit("_s", 1)
         return f"{SHORT['openscene' if base == 'os' else base]} seed+{k}"
     return SHORT[key]
 
 
-SEED_GROUPS = {"OpenScene recipe": ("openscene", "os_s"), "SP target + L_sp (SAS stage 1, OpenScene schedule)": ("sp_both", "sp_both_s")}
+SEED_GROUPS = {"OpenScene recipe": ("openscene", "os_s"), "SP target + L_sp (SAS stage 1, OpenScene schedule)": ("sp_both", "sp_both_s"),
+               "SAS recipe (SP + TESD)": ("sas", "sas_s")}
 
 
 def seed_summary(results, miou, named, primary, keys, extra_scores=()) -> dict[str, dict[str, list[float]]]:
     """{group: {measure: [value per training seed]}} for the recipes --ablate-seeds repeats (+ built-in AP50 under each --scores)."""
-    out, mkey = {}, {"openscene": "distill:pixel_point"}  # the pipeline's row key of the OpenScene student
+    out, mkey = {}, {"openscene": "distill:pixel_point", "sas": "distill:tesd"}  # the pipeline's row keys of its students
     for group, (first, prefix) in SEED_GROUPS.items():
         members = [first] + sorted(k for k in keys if k.startswith(prefix))
         if len(members) < 2:
@@ -113,15 +121,17 @@ def scene_feature_sets(scene, fused_path, students, class_text):
 
 def train_ablations(cfg, train_dirs, fused_dir, out: Path, stage1_epochs: int, runs: dict[str, list[str]]) -> dict:
     """Train the --ablate students (each in ``out/<key>``; a finished run is reused) side by side, one core each,
-    in the pipeline's worker pool; returns {key: last checkpoint}."""
+    in the pipeline's worker pool; returns {key: last checkpoint}. OpenScene-recipe runs train ``stage1_epochs``;
+    full SAS-recipe runs (:func:`ablation_recipe`) the pipeline's ``cfg.epochs``, stage 1 then TESD, as its SAS student."""
     from sas3d.pipeline.students import train_in_workers, training_overrides
 
     common = training_overrides(cfg) + ["engine.procs=1", "engine.loader_workers=0", "engine.threads=1"]
     dirs = {k: out / k.replace("+", "_") for k in runs}
-    jobs = [("openscene", common + extra, stage1_epochs, stage1_epochs, [str(d) for d in train_dirs], str(fused_dir), str(dirs[k]))
+    epochs = {k: cfg.epochs if ablation_recipe(k) == "sas" else stage1_epochs for k in runs}
+    jobs = [(ablation_recipe(k), common + extra, epochs[k], stage1_epochs, [str(d) for d in train_dirs], str(fused_dir), str(dirs[k]))
             for k, extra in runs.items()]
     results = train_in_workers(cfg, jobs, max(1, min(len(jobs), os.cpu_count() or 1)),
-                               [(d / "metrics.csv", stage1_epochs) for d in dirs.values()])
+                               [(dirs[k] / "metrics.csv", epochs[k]) for k in runs])
     return {k: Path(checkpoints["last"]) for k, (checkpoints, _) in zip(runs, results)}
 
 
@@ -228,6 +238,9 @@ def main() -> int:
     parser.add_argument("--scores", default="",
                         help="comma-separated extra confidence scores (sas3d.instances.labelling.SCORES: prob, similarity) for "
                              "the primary built-in proposals: the same labels ranked another way, extra rows (AP depends on the ranking)")
+    parser.add_argument("--proposal-score", default="stability", choices=["stability", "lifetime", "none"],
+                        help="built-in proposal score (default stability = lifetime x points; lifetime: the score before this session's change)")
+    parser.add_argument("--proposal-nms", default="0.5", help="class-agnostic NMS IoU of the built-in proposals, or 'none' (default 0.5)")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -249,7 +262,7 @@ def main() -> int:
     from sas3d.pipeline.config import PipelineConfig
     from sas3d.pipeline.runner import run_pipeline
     from sas3d.demo.rooms import build_embedded_dataset
-    from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_instances
+    from sas3d.evaluate.instance_ap import InstanceAPConfig, ScenePredictions, evaluate_class_agnostic, evaluate_instances
     from sas3d.evaluate.evaluator import EvalConfig, evaluate_scenes
     from sas3d.evaluate.instance_eval import nyu40_label_ids, scene_gt
     from sas3d.evaluate.predict import build_class_text
@@ -285,7 +298,7 @@ def main() -> int:
         from sas3d.pipeline.students import training_overrides
 
         stage1_epochs = load_train_config("sas", training_overrides(cfg), epochs=cfg.epochs).stage1_epochs
-        print(f"== ablation: {'; '.join(v[0] for v in ablation.values())} ({stage1_epochs} epochs each)", flush=True)
+        print(f"== ablation: {'; '.join(v[0] for v in ablation.values())} ({stage1_epochs} epochs each; a full SAS-recipe seed {cfg.epochs})", flush=True)
         t_abl = time.perf_counter()
         runs = {k: extra for k, (_, extra) in ablation.items()}
         for key, path in train_ablations(cfg, data["train"], fused_dir, args.out / "ablation", stage1_epochs, runs).items():
@@ -299,10 +312,11 @@ def main() -> int:
     t_inst = time.perf_counter()
     ls = get_label_set("scannet20")
     ct = build_class_text(ls, build_text_encoder(cfg.text_encoder))
-    label_cfg, prop_cfg = LabelConfig(), ProposalConfig()
+    label_cfg = LabelConfig()
+    prop_cfg = ProposalConfig(score=args.proposal_score, nms_iou=None if args.proposal_nms == "none" else float(args.proposal_nms))
     splits = {"in_place": ("in place: the rooms the students were distilled on (labels only for scoring)", data["train"]),
               "held_out": ("held out: rooms the students never saw", data["val"])}
-    all_results, all_checks, counts, picture, mious = {}, {}, [], {}, {}
+    all_results, all_agnostic, all_checks, counts, picture, mious = {}, {}, {}, [], {}, {}
     ap_cfg, named, summary = InstanceAPConfig(), {split: {} for split in splits}, {}
     for split, (description, dirs) in splits.items():
         # the reference student was trained on the training rooms' labels: it is no reference in place
@@ -312,7 +326,7 @@ def main() -> int:
             miou[f"distill:{key}"] = float(evaluate_scenes([lambda d=d: load_scene(d) for d in dirs], EvalConfig(mode="distill"),
                                                            model=students[key], voxel_size=DEMO_VOXEL, progress=False).metrics["miou"])
         mious[split] = miou
-        gts, preds = [], {}
+        gts, preds, agnostic = [], {}, {}
         for d in dirs:
             scene = load_scene(d)
             gt = scene_gt(scene)
@@ -324,6 +338,7 @@ def main() -> int:
             counts.append({"split": split, "scene": scene.name, "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000]))),
                            **{f"{k} proposals": len(v) for k, v in proposal_sets.items()}})
             for pname, props in proposal_sets.items():
+                agnostic.setdefault(pname, []).append(ScenePredictions(props.masks, np.zeros(len(props), np.int64), props.scores, scene.name))
                 for lkey in split_labellers:
                     inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
                     nyu40 = nyu40_label_ids(inst)
@@ -339,6 +354,7 @@ def main() -> int:
                         picture[lkey] = (scene, gt, inst)
         results = {k: evaluate_instances(gts, v) for k, v in preds.items()}
         all_results[split] = results
+        all_agnostic[split] = {k: evaluate_class_agnostic(gts, v) for k, v in agnostic.items()}
 
         title = (f"Instance segmentation, {description}: {len(dirs)} generated rooms ({args.rooms} training rooms, "
                  f"{args.epochs} epochs), SIMULATED teachers; built-in (X) = proposals merged by the features of X")
@@ -349,6 +365,8 @@ def main() -> int:
         print("-" * (width + 59))
         for (pname, lkey), r in results.items():
             print(f"{pname:<{width}}{split_labellers[lkey]:<38}{100 * r.map:7.1f}{100 * r.ap50:7.1f}{100 * r.ap25:7.1f}")
+        print("proposals alone (class-agnostic mAP / AP50 / AP25, ranked by their own scores; labels aside): "
+              + "; ".join(f"{k} {100 * r.map:.1f} / {100 * r.ap50:.1f} / {100 * r.ap25:.1f}" for k, r in all_agnostic[split].items()))
         print(f"semantic mIoU of the labellers on the same rooms: fused 2D {100 * miou['fusion:guided']:.1f}, "
               f"OpenScene student {100 * miou['distill:pixel_point']:.1f}, SAS student {100 * miou['distill:tesd']:.1f}"
               + (f", SAS stage 1 {100 * miou['distill:superpoint']:.1f}" if "superpoint" in split_labellers else "")
@@ -393,6 +411,8 @@ def main() -> int:
     elapsed = time.perf_counter() - start
     out = {"simulated": True, "note": "teachers are SIMULATED from ground-truth renders; not real-model results", "title": title,
            "splits": {split: {"rows": [{"proposals": p, "labeller": labellers[k], **r.to_json()} for (p, k), r in results.items()],
+                              "proposals_class_agnostic": {k: {m: r.to_json()[m] for m in ("map", "ap50", "ap25")}
+                                                           for k, r in all_agnostic[split].items()},
                               "checks": {k: None if v is None else bool(v) for k, v in all_checks[split].items()},
                               "semantic_miou": mious[split],
                               "gt_objects_named_right": {k: {"right": r_, "scored": n_} for k, (r_, n_) in named[split].items()},
@@ -400,7 +420,8 @@ def main() -> int:
                      for split, results in all_results.items()},
            "scenes": counts,
            "config": {"label": label_cfg.__dict__, "extra_scores": extra_scores, "proposals": {"levels": prop_cfg.levels, "adjacency_radius": prop_cfg.adjacency_radius,
-                                                                 "min_points": prop_cfg.min_points, "features": sources},
+                                                                 "min_points": prop_cfg.min_points, "features": sources,
+                                                                 "score": prop_cfg.score, "nms_iou": prop_cfg.nms_iou},
                       "rooms": args.rooms, "val_rooms": args.val_rooms, "epochs": args.epochs,
                       "paper_student": args.paper_student, "augment": args.augment,
                       "ablations": {v[0]: v[1] for v in ablation.values()}},

@@ -237,3 +237,26 @@ def test_small_predictions_and_instances_are_dropped():
     cfg = InstanceAPConfig(min_region_size=50)
     r = evaluate_instances([InstanceGroundTruth(gt)], [ScenePredictions(masks_from_dense(pred[None]), np.array([5]), np.array([1.0]))], cfg)
     assert r.ap50 == pytest.approx(1.0)
+
+
+def test_class_agnostic_ap_ignores_labels():
+    """Proposal quality without classes: a chair and a table found exactly score AP 1 whatever their labels (the
+    labelled AP is 0 when the labels are swapped); a fragment ranked first costs precision as in the labelled case."""
+    from sas3d.evaluate.instance_ap import evaluate_class_agnostic
+
+    n = 1000
+    gt = np.zeros(n, dtype=np.int64)
+    gt[:200] = 5 * 1000 + 1  # chair
+    gt[200:600] = 7 * 1000 + 1  # table (instance number 1 again: the classes keep them apart)
+    gt[600:] = 1 * 1000 + 1  # wall: not a benchmark class, void
+    chair, table, fragment = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    chair[:200], table[200:600], fragment[200:320] = True, True, True
+    swapped = ScenePredictions(masks_from_dense(np.stack([chair, table])), np.array([7, 5]), np.array([0.9, 0.8]))
+    assert evaluate_instances([InstanceGroundTruth(gt)], [swapped]).ap50 == 0.0
+    r = evaluate_class_agnostic([InstanceGroundTruth(gt)], [swapped])
+    assert r.config.class_names == ("object",) and r.ap50 == pytest.approx(1.0) and r.map == pytest.approx(1.0)
+    # the fragment (120 of the table's 400 points, IoU 0.3) ranked first: sorted [TP 0.8, TP 0.9, FP 0.95]
+    # -> (p, r) = (2/3, 1), (1/2, 1/2), (0, 0), then (1, 0); step widths from recall [1, 1, 1/2, 0, 0, 0]
+    # convolved with [-0.5, 0, 0.5] = [1/4, 1/2, 1/4, 0] -> AP = 2/3 * 1/4 + 1/2 * 1/2 = 5/12
+    first = ScenePredictions(masks_from_dense(np.stack([chair, table, fragment])), np.array([0, 0, 0]), np.array([0.9, 0.8, 0.95]))
+    assert evaluate_class_agnostic([InstanceGroundTruth(gt)], [first]).ap50 == pytest.approx(5 / 12)

@@ -170,7 +170,7 @@ def test_builtin_proposals_recover_touching_objects(room):
     np.testing.assert_allclose(iou.max(axis=1), 1.0)  # every object is exactly one proposal
     assert (props.sizes >= 100).all() and props.metadata["contacts"] > 0
     # ranked by lifetime: the objects (a slab's neighbours share its class) outlive every union of two objects
-    deep = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5, 0.0]))
+    deep = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.9, 0.7, 0.5, 0.0], score="lifetime", nms_iou=None))
     whole = mask_iou(gt, deep.masks).argmax(axis=1)
     unions = np.setdiff1d(np.arange(len(deep)), whole)
     assert len(unions) and deep.scores[whole].min() > deep.scores[unions].max()
@@ -181,121 +181,58 @@ def test_builtin_proposals_recover_touching_objects(room):
 
     with pytest.raises(ConfigError, match="builtin.score: unknown proposal score 'size'"):  # a user error, not a traceback
         generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(score="size"))
+    with pytest.raises(ConfigError, match="builtin.nms_iou must be in"):
+        generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(nms_iou=1.5))
     # without the contact graph nothing merges: the slabs stay apart
     far = generate_proposals(room["points"], room["spx"], room["feats"], ProposalConfig(levels=[0.5], adjacency_radius=1e-4, min_points=1))
     assert len(far) == room["spx"].max() + 1
 
 
-def test_contact_pairs_known_answer():
-    pts = np.array([[0, 0, 0], [0.03, 0, 0], [1, 0, 0], [1.03, 0, 0], [3, 0, 0]], dtype=np.float32)
-    assert contact_pairs(pts, np.array([0, 1, 1, 2, 3]), 0.05).tolist() == [[0, 1], [1, 2]]
-    assert contact_pairs(pts, np.array([0, 1, 2, 3, 4]), 0.05, faces=np.array([[2, 4, 3]])).tolist() == [[0, 1], [2, 3], [2, 4], [3, 4]]
+def _fragment_line():
+    """Points on a line: a wall W (1000 points) touching object O = fragment A (100) + B1 (200) + B2 (200).
+    B1 and B2 merge at cosine 0.7, A joins them at 0.65, O joins W at 0.32: the fragment A (born 1, absorbed
+    at 0.65) outlives the whole object O (born 0.65, absorbed at 0.32)."""
+    t = np.arccos(0.7) / 2
+    b1, b2 = np.array([np.cos(t), np.sin(t), 0, 0]), np.array([np.cos(t), -np.sin(t), 0, 0])
+    a = np.array([0.65, 0, np.sqrt(1 - 0.65 ** 2), 0])
+    o = 100 * a + 200 * b1 + 200 * b2
+    o /= np.linalg.norm(o)
+    w = 0.32 * o + np.sqrt(1 - 0.32 ** 2) * np.array([0, 0, 0, 1.0])
+    sizes, feats = [1000, 100, 200, 200], [w, a, b1, b2]
+    spx = np.repeat(np.arange(4), sizes)
+    pts = np.zeros((len(spx), 3), np.float32)
+    pts[:, 0] = np.arange(len(spx)) * 0.01
+    f = torch.tensor(np.stack(feats)[spx], dtype=torch.float32)
+    return pts, spx, PointFeatureSet(f, np.ones(len(spx), bool), "test")
 
 
-def test_labelling_formula(room):
-    masks = masks_from_ids(room["obj"] + 1)[1]
-    mixed = masks_from_dense(((room["obj"] == 1) | (room["obj"] == 2))[None])  # chair + table in one proposal
-    import scipy.sparse as sp
+def test_stability_ranks_the_whole_object_above_a_persistent_fragment():
+    pts, spx, feats = _fragment_line()
+    regions = {(0,): "W", (1,): "A", (2,): "B1", (3,): "B2", (1, 2, 3): "O"}
 
-    props = Proposals(sp.vstack([masks, mixed]).tocsr(), np.array([1.0, 1.0, 1.0, 1.0, 0.8]))
-    cfg = LabelConfig(temperature=0.05, stuff_classes=[])  # every class a candidate: the formula alone
-    inst = label_proposals(props, room["feats"], room["text"], room["classes"], cfg)
-    f, t = room["feats"].features, room["text"]
-    point_cls = (f @ t.T).argmax(1).numpy()
-    for i in range(len(inst)):
-        idx = inst.point_indices(i)
-        mean = f[idx].mean(0)
-        mean = mean / mean.norm()
-        sims = mean @ t.T
-        c = int(sims.argmax())
-        prob = float(torch.softmax(sims / 0.05, 0)[c])
-        src = [k for k in range(len(props)) if np.array_equal(props.point_indices(k), idx)][0]
-        expected = prob * np.mean(point_cls[idx] == c) * props.scores[src]
-        assert inst.classes[i] == c and inst.scores[i] == pytest.approx(expected, rel=1e-5)
-    assert np.all(np.diff(inst.scores) <= 0)  # best first
-    names = [room["classes"][c] for c in inst.classes]
-    assert sorted(names[:4]) == ["chair", "chair", "floor", "table"]
-    assert inst.scores[-1] < 0.75  # the mixed proposal: about half its points disagree with its class
+    def scored(cfg):
+        props = generate_proposals(pts, spx, feats, cfg)
+        return {regions[tuple(np.unique(spx[props.point_indices(i)]))]: props.scores[i] for i in range(len(props))}
+
+    life = scored(ProposalConfig(levels=[0.9, 0.5], score="lifetime"))
+    np.testing.assert_allclose([life[k] for k in ("W", "A", "B1", "B2", "O")], [0.34, 0.175, 0.15, 0.15, 0.165], atol=1e-6)
+    assert life["A"] > life["O"]  # the lifetime ranks the fragment first
+    stab = scored(ProposalConfig(levels=[0.9, 0.5]))  # the default: stability = lifetime x points (HDBSCAN)
+    np.testing.assert_allclose([stab[k] for k in ("W", "A", "B1", "B2", "O")], [340.0, 17.5, 30.0, 30.0, 82.5], atol=1e-4)
+    assert stab["O"] > max(stab["A"], stab["B1"], stab["B2"])
 
 
-def test_stuff_classes_are_never_an_instance_class(room):
-    """With wall / floor / ceiling as stuff (the default), the floor proposal takes its most similar object
-    class, with the softmax over the object classes only, and its points (floor to themselves) give it
-    zero agreement, so it ranks last; the object proposals keep their classes."""
-    masks = masks_from_ids(room["obj"] + 1)[1]
-    props = Proposals(masks, np.ones(len(masks.indptr) - 1))
-    inst = label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(temperature=0.05))
-    classes = room["classes"]
-    objects = [i for i, c in enumerate(classes) if c not in ("wall", "floor", "ceiling")]
-    f, t = room["feats"].features, room["text"]
-    floor_points = np.flatnonzero(room["obj"] == 0)
-    assert {classes[int((f[floor_points] @ t.T).argmax(1).mode().values)]} == {"floor"}  # the fixture's floor
-    i = [k for k in range(len(inst)) if np.array_equal(inst.point_indices(k), floor_points)][0]
-    mean = f[floor_points].mean(0)
-    sims = (mean / mean.norm()) @ t[objects].T
-    assert classes[inst.classes[i]] == classes[objects[int(sims.argmax())]] != "floor"
-    assert inst.metadata["probability"][i] == pytest.approx(float(torch.softmax(sims / 0.05, 0).max()), rel=1e-5)
-    assert inst.scores[i] == 0.0 and i == len(inst) - 1
-    assert sorted(classes[c] for c in inst.classes[:3]) == ["chair", "chair", "table"]
-    with pytest.raises(ValueError, match="stuff"):
-        label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(stuff_classes=list(classes)))
-
-
-def test_fusion_labeller_ignores_unseen_points(room):
-    f = room["feats"].features.clone()
-    seen = np.ones(len(f), bool)
-    chair = np.flatnonzero(room["obj"] == 1)
-    seen[chair[: len(chair) // 2]] = False
-    f[chair[: len(chair) // 2]] = room["text"][room["classes"].index("bathtub")]  # garbage where unseen
-    pf = labeller_features("fusion", fused=f.half(), seen=seen)
-    props = Proposals(masks_from_dense((room["obj"] == 1)[None]), np.ones(1))
-    inst = label_proposals(props, pf, room["text"], room["classes"])
-    assert room["classes"][inst.classes[0]] == "chair" and inst.metadata["agreement"][0] == pytest.approx(1.0, abs=0.02)
-
-
-def test_ensemble_features_pick_the_more_confident_source(room):
-    t = room["text"]
-    n = 4
-    f3 = torch.nn.functional.normalize(t[[4, 4, 6, 6]] + 0.5 * t[[5, 5, 5, 5]], dim=1)  # blurry 3D
-    f2 = t[[4, 6, 6, 4]].clone()  # sharp 2D (cosine 1 with its class)
-    seen = np.array([True, True, False, True])
-    got = labeller_features("ensemble", feat3d=f3, fused=f2, seen=seen, class_text=t).features
-    best = lambda x: (torch.nn.functional.normalize(x, dim=1) @ t.T).max(1).values  # noqa: E731
-    for i in range(n):
-        want = f2[i] if seen[i] and best(f2[i:i + 1]) > best(f3[i:i + 1]) else f3[i]
-        torch.testing.assert_close(got[i], torch.nn.functional.normalize(want, dim=0))
-    assert torch.equal(got[2], f3[2])  # unseen -> 3D
-
-
-def test_mask_nms_and_ranked_queries(room):
-    m = masks_from_dense(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], bool))
-    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5).tolist() == [1, 2]  # IoU(0, 1) = 0.75: the weaker is dropped
-    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.8).tolist() == [1, 0, 2]
-    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5, groups=np.array([0, 1, 0])).tolist() == [1, 0, 2]
-    # containment: mask 1 lies inside mask 0 (3/3), so it goes even at a threshold IoU would pass
-    assert mask_nms(m, np.array([0.9, 0.5, 0.4]), 0.8, containment=True).tolist() == [0, 2]
-    masks = masks_from_ids(room["obj"] + 1)[1]
-    inst = label_proposals(Proposals(masks, np.ones(4)), room["feats"], room["text"], room["classes"])
-    emb = room["text"][room["classes"].index("chair")] + 0.3 * room["text"][room["classes"].index("sofa")]  # "something like a chair"
-    ranked = rank_instances(inst, emb, top_k=4)
-    assert [r.class_name for r in ranked[:2]] == ["chair", "chair"] and ranked[0].similarity >= ranked[1].similarity
-    assert len({r.index for r in ranked}) == len(ranked)
-
-
-def test_point_ids_prefer_higher_score():
-    m = masks_from_dense(np.array([[1, 1, 1, 0], [0, 1, 1, 1]], bool))
-    inst = Instances(m, np.array([0, 1]), np.array([0.4, 0.8]), ["a", "b"])
-    assert inst.point_ids().tolist() == [0, 1, 1, 1]
-
-
-def test_label_config_nms_and_exclusions(room):
-    import scipy.sparse as sp
-
-    masks = masks_from_ids(room["obj"] + 1)[1]
-    dup = sp.vstack([masks, masks[1:2]]).tocsr()  # chair 1 twice
-    props = Proposals(dup, np.array([1.0, 1.0, 1.0, 1.0, 0.5]))
-    assert len(label_proposals(props, room["feats"], room["text"], room["classes"])) == 5
-    inst = label_proposals(props, room["feats"], room["text"], room["classes"],
-                           LabelConfig(nms_iou=0.5, exclude_classes=["floor"], stuff_classes=[]))
-    assert sorted(room["classes"][c] for c in inst.classes) == ["chair", "chair", "table"]
-    assert inst.features.shape == (3, room["text"].shape[1])
+def test_builtin_proposals_have_no_duplicates():
+    """A region recorded at two levels with a sliver more is one object twice: NMS keeps the better one."""
+    pts, spx, feats = _fragment_line()
+    cfg = dict(levels=[0.9, 0.68, 0.5])  # at 0.68 the object is B1 + B2 (400 points) without the fragment A
+    every = generate_proposals(pts, spx, feats, ProposalConfig(**cfg, nms_iou=None))
+    props = generate_proposals(pts, spx, feats, ProposalConfig(**cfg))
+    regions = lambda p: [tuple(np.unique(spx[p.point_indices(i)])) for i in range(len(p))]
+    assert sorted(regions(every)) == [(0,), (1,), (1, 2, 3), (2,), (2, 3), (3,)]
+    # B1 + B2 (stability 0.025 x 400 = 10) overlaps O (82.5) with IoU 0.8: dropped; the rest overlap <= 0.4
+    assert regions(props) == [(0,), (1, 2, 3), (2,), (3,), (1,)]  # in descending score
+    assert props.metadata["recorded"] == 6 and props.metadata["nms_iou"] == 0.5
+    iou = mask_iou(props.masks, props.masks)
+    np.fill_diagonal(iou, 0)
+    assert iou.max() <= 0.5

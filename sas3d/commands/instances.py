@@ -19,7 +19,8 @@ probability of that class x share of its points that agree x the proposal's own 
 Proposals (--proposals):
   builtin   training-free, CPU: superpoints merged over their contact graph by feature similarity,
             at several granularities (overlapping proposals, as Mask3D returns), each scored by its
-            lifetime in the merge hierarchy (builtin.score=none: no score)
+            stability in the merge hierarchy (lifetime x points, as HDBSCAN; builtin.score=lifetime:
+            the lifetime alone, none: no score), duplicates removed by NMS (builtin.nms_iou=0.5)
   gt        the scene's ground-truth instances (segs.json + aggregation.json): an upper bound
   FILE/DIR  bring your own: a ScanNet benchmark instance .txt (Mask3D's export), OpenMask3D's
             <scene>_masks.pt, a .npz/.pt dict (pred_masks, pred_scores, pred_classes) or .npy;
@@ -225,12 +226,15 @@ def run_eval(args: argparse.Namespace) -> int:
         raise InputError(args.fused, f"--mode {cfg.labeller} needs --fused DIR, an existing folder of fused features")
     paths = scene_list(args.scenes)
     loaders = [functools.partial(open_scene, p, args.scene_labelset or cfg.labelset) for p in paths]
-    result, scenes = evaluate_instance_scenes(loaders, cfg, model=model, voxel_size=voxel_size, fused_dir=args.fused,
+    result, scenes, agnostic = evaluate_instance_scenes(loaders, cfg, model=model, voxel_size=voxel_size, fused_dir=args.fused,
                                               gt_source=args.gt, label_map=args.label_map)
     print(format_ap_table(result))
+    print(f"proposals alone (class-agnostic, ranked by their own scores): mAP {100 * agnostic.map:.1f}  AP50 {100 * agnostic.ap50:.1f}"
+          f"  AP25 {100 * agnostic.ap25:.1f}")
     png = args.json.with_suffix(".png")
     plot_instance_ap(png, result, f"instances, {cfg.labeller} labeller, {cfg.proposals} proposals: AP50 {100 * result.ap50:.1f} ({len(paths)} scenes)")
     out = {"task": "instance", **result.to_json(), "scenes": scenes, "config": to_dict(cfg), "plot": png.name,
+           "proposals_class_agnostic": {k: agnostic.to_json()[k] for k in ("map", "ap50", "ap25")},
            "checkpoint": None if args.checkpoint is None else str(args.checkpoint), "fused": None if args.fused is None else str(args.fused)}
     write_json_atomic(args.json, out)
     print(f"wrote {args.json} and {png}")

@@ -237,6 +237,31 @@ def evaluate_instances(gts: Sequence[InstanceGroundTruth], preds: Sequence[Scene
     return InstanceAPResult(cfg, ap, [p.name for p in preds])
 
 
+CLASS_AGNOSTIC_ID = 41  # one class above the NYU40 ids (1..40) that stands for "any benchmark object"
+
+
+def evaluate_class_agnostic(gts: Sequence[InstanceGroundTruth], proposals: Sequence[ScenePredictions],
+                            cfg: InstanceAPConfig | None = None) -> InstanceAPResult:
+    """AP of class-agnostic proposals ranked by their own scores: every ground-truth instance of the benchmark
+    classes is an instance of one class "object", every proposal predicts it (the proposal-quality measure
+    OpenMask3D and Open3DIS report for Mask3D's masks); the rest of the protocol as :func:`evaluate_instances`.
+    The ``label_ids`` of ``proposals`` are ignored."""
+    cfg = cfg or InstanceAPConfig()
+    agnostic_gts, agnostic_preds = [], []
+    for g, p in zip(gts, proposals):
+        ids = np.asarray(g.ids, dtype=np.int64)
+        objects = np.isin(ids // INSTANCE_DIVISOR, cfg.class_ids)
+        uniq, inverse = np.unique(ids[objects], return_inverse=True)
+        if len(uniq) >= INSTANCE_DIVISOR:
+            raise ValueError(f"{p.name or 'scene'}: {len(uniq)} instances, more than one class can number ({INSTANCE_DIVISOR - 1})")
+        relabelled = ids.copy()
+        relabelled[objects] = CLASS_AGNOSTIC_ID * INSTANCE_DIVISOR + 1 + inverse.reshape(-1)
+        agnostic_gts.append(InstanceGroundTruth(relabelled, g.source))
+        agnostic_preds.append(ScenePredictions(p.masks, np.full(p.masks.shape[0], CLASS_AGNOSTIC_ID), p.scores, p.name))
+    one = InstanceAPConfig(cfg.overlaps, cfg.min_region_size, (CLASS_AGNOSTIC_ID,), ("object",))
+    return evaluate_instances(agnostic_gts, agnostic_preds, one)
+
+
 def format_ap_table(result: InstanceAPResult) -> str:
     """Per-class AP / AP50 / AP25 (%) and the averages, like the benchmark's printout."""
     lines = [f"{'class':<16}{'AP':>8}{'AP50':>8}{'AP25':>8}", "-" * 40]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sas3d.errors import InputError
-from sas3d.evaluate.instance_ap import InstanceAPConfig, InstanceAPResult, ScenePredictions, evaluate_instances
+from sas3d.evaluate.instance_ap import InstanceAPConfig, InstanceAPResult, ScenePredictions, evaluate_class_agnostic, evaluate_instances
 from sas3d.instances.scannet_gt import InstanceGroundTruth, read_scannet_instance_gt
 from sas3d.instances.segment import FeatureSources, InstanceConfig, segment_instances
 from sas3d.instances.types import Instances
@@ -45,8 +45,10 @@ def scene_gt(scene: Scene, gt_source: str | Path | None = None, label_map: str |
 def evaluate_instance_scenes(scenes: Sequence[Scene] | Sequence[Callable[[], Scene]], cfg: InstanceConfig, *,
                              model: Any = None, voxel_size: float | None = None, fused_dir: str | Path | None = None,
                              gt_source: str | Path | None = None, label_map: str | Path | None = None,
-                             text_encoder: Any = None, ap_config: InstanceAPConfig | None = None) -> tuple[InstanceAPResult, list[dict]]:
-    """ScanNet instance AP of ``cfg`` over scenes (or zero-argument loaders); returns (result, per-scene info)."""
+                             text_encoder: Any = None, ap_config: InstanceAPConfig | None = None
+                             ) -> tuple[InstanceAPResult, list[dict], InstanceAPResult]:
+    """ScanNet instance AP of ``cfg`` over scenes (or zero-argument loaders); returns (result, per-scene info, the
+    class-agnostic AP of the proposals by their own scores: their quality whatever the labeller)."""
     from tqdm import tqdm
 
     from sas3d.evaluate.evaluator import find_fused_file
@@ -59,7 +61,7 @@ def evaluate_instance_scenes(scenes: Sequence[Scene] | Sequence[Callable[[], Sce
     ls = get_label_set(cfg.labelset)
     encoder = text_encoder or build_text_encoder(cfg.text_encoder, device=cfg.device)
     ct = build_class_text(ls, encoder)
-    gts, preds, info = [], [], []
+    gts, preds, proposals, info = [], [], [], []
     for item in tqdm(scenes, desc=f"instances {cfg.labeller}", unit="scene"):
         scene = item() if callable(item) else item
         gt = scene_gt(scene, gt_source, label_map)
@@ -69,6 +71,7 @@ def evaluate_instance_scenes(scenes: Sequence[Scene] | Sequence[Callable[[], Sce
         inst, props = segment_instances(scene, cfg, sources, ct, list(ls.classes), gt.ids)
         gts.append(gt)
         preds.append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
+        proposals.append(ScenePredictions(props.masks, np.zeros(len(props), np.int64), props.scores, scene.name))
         info.append({"name": scene.name, "points": scene.num_points, "proposals": len(props), "instances": len(inst),
                      "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000])))})
-    return evaluate_instances(gts, preds, ap_config), info
+    return evaluate_instances(gts, preds, ap_config), info, evaluate_class_agnostic(gts, proposals, ap_config)

@@ -11,19 +11,24 @@ No weights and CPU only. From the scene itself:
 4. multiple granularities, as Mask3D returns overlapping masks: the partition is recorded each time
    the best remaining similarity falls below one of ``levels``; every region of at least
    ``min_points`` points at any level is a proposal (identical regions at several levels once);
-5. an objectness score for each proposal, as Mask3D scores its masks, here without training: the
-   region's *lifetime* in the merge hierarchy. A region is born at the threshold of the merge that
-   made it (1 for a superpoint) and dies at the threshold of the merge that absorbs it (-1 if nothing
-   ever does: nothing touches it); it is a region at every threshold in between, so
-   ``(birth - death) / 2`` in [0, 1] says how far apart, in feature space, it stays from what lies
-   inside and around it (the persistence, or stability, that HDBSCAN ranks clusters by). A merge's
-   threshold is its cosine, or the lowest cosine merged before it where that is lower (merging by mean
-   features can make a later pair more similar than an earlier one). A fragment of
-   an object is absorbed just below its birth and a union of two objects is born low; the whole object
-   lives longest. A region none of whose points has a feature (fused 2D where no camera saw it) has no
-   similarity to anything, only the convention 0, so no lifetime either: it scores the floor
-   (``MIN_LIFETIME``), not the 0.5 that convention would give a superpoint absorbed at 0. The labeller
-   multiplies its confidence by this score.
+5. an objectness score for each proposal, as Mask3D scores its masks, here without training. A
+   region is born at the threshold of the merge that made it (1 for a superpoint) and dies at the
+   threshold of the merge that absorbs it (-1 if nothing ever does: nothing touches it); it is a
+   region at every threshold in between, so its *lifetime* ``(birth - death) / 2`` in [0, 1] says how
+   far apart, in feature space, it stays from what lies inside and around it (the persistence of the
+   region). A merge's threshold is its cosine, or the lowest cosine merged before it where that is
+   lower (merging by mean features can make a later pair more similar than an earlier one). The
+   default score is the region's *stability*, lifetime x points: the cluster stability HDBSCAN
+   (Campello et al. 2013) selects clusters by, ``sum over its points of (lambda_leave - lambda_birth)``,
+   with every point leaving together when the region is absorbed. The lifetime alone ranks a
+   well-separated fragment of an object (a superpoint starts at 1) above the whole object; the mass
+   that persists ranks the whole first. A region none of whose points has a feature (fused 2D where no
+   camera saw it) has no similarity to anything, only the convention 0, so no lifetime either: it
+   scores the floor (``MIN_LIFETIME``), not the 0.5 x points that convention would give a superpoint
+   absorbed at 0. The labeller multiplies its confidence by this score;
+6. duplicates removed: a region and the same region plus a sliver, recorded at two levels, are one
+   object twice, so class-agnostic mask NMS (``nms_iou``, by the score) keeps the better of any two
+   proposals that overlap more than that.
 
 Geometry decides which regions may merge (contact), the features decide in which order and how far.
 """
@@ -39,7 +44,7 @@ import scipy.sparse as sp
 from sas3d.errors import ConfigError
 from sas3d.geometry.superpoints import SuperpointConfig
 from sas3d.instances.features import PointFeatureSet
-from sas3d.instances.types import Proposals
+from sas3d.instances.types import Proposals, mask_nms
 
 
 @dataclass
@@ -49,11 +54,12 @@ class ProposalConfig:
     levels: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5])  # cosine thresholds, one granularity each
     adjacency_radius: float = 0.05  # m; superpoints with points this close touch (about two ScanNet vertex spacings)
     min_points: int = 100  # ScanNet minimum region size: smaller regions are not proposed
-    score: str = "lifetime"  # lifetime (the region's persistence in the merge hierarchy, module docstring) | none (1.0 each)
+    score: str = "stability"  # stability (lifetime x points) | lifetime (persistence in the merge hierarchy) | none (1.0 each); module docstring
+    nms_iou: float | None = 0.5  # class-agnostic mask NMS by the score (None: keep every recorded region); our choice
     superpoints: SuperpointConfig = field(default_factory=SuperpointConfig)
 
 
-PROPOSAL_SCORES = ("lifetime", "none")
+PROPOSAL_SCORES = ("stability", "lifetime", "none")
 MIN_LIFETIME = 1e-3  # floor of the lifetime score: a region absorbed above its birth (mean-linkage inversion) still ranks by its label
 
 
@@ -178,11 +184,14 @@ def agglomerate(sums: np.ndarray, pairs: np.ndarray, levels: list[float]) -> Mer
 
 def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: PointFeatureSet, cfg: ProposalConfig | None = None,
                        faces: np.ndarray | None = None) -> Proposals:
-    """Multi-granularity proposals of one scene, scored by their lifetime in the merge hierarchy (module docstring;
-    ``cfg.score="none"``: 1.0 each, the labeller alone ranks them)."""
+    """Multi-granularity proposals of one scene, scored by their stability (or lifetime) in the merge hierarchy,
+    duplicates removed by class-agnostic NMS (module docstring; ``cfg.score="none"``: 1.0 each, the labeller alone
+    ranks them), in descending score."""
     cfg = cfg or ProposalConfig()
     if cfg.score not in PROPOSAL_SCORES:
         raise ConfigError(f"builtin.score: unknown proposal score {cfg.score!r}; use one of {', '.join(PROPOSAL_SCORES)}")
+    if cfg.nms_iou is not None and not 0 < cfg.nms_iou <= 1:
+        raise ConfigError(f"builtin.nms_iou must be in (0, 1] or null, got {cfg.nms_iou}")
     sp_ids = np.asarray(superpoints, dtype=np.int64).reshape(-1)
     n = len(sp_ids)
     if feats.num_points != n or len(points) != n:
@@ -203,6 +212,7 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
     for level, part in enumerate(tree.partitions):
         size = np.bincount(part, weights=sp_size, minlength=s)
         lifetime = tree.lifetime(level)
+        featureless = tree.featureless[tree.nodes[level]]
         per_level.append(0)
         for r in np.flatnonzero(size >= cfg.min_points):
             members = np.flatnonzero(part == r)
@@ -211,7 +221,11 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
                 continue
             seen.add(key)
             rows.append(members)
-            scores.append(float(lifetime[members[0]]) if cfg.score == "lifetime" else 1.0)
+            first = members[0]
+            if cfg.score == "stability":  # the mass that persists; a featureless region has none: the floor
+                scores.append(MIN_LIFETIME if featureless[first] else float(lifetime[first] * size[r]))
+            else:
+                scores.append(float(lifetime[first]) if cfg.score == "lifetime" else 1.0)
             per_level[-1] += 1
     # proposal x superpoint, then x point
     if rows:
@@ -220,6 +234,12 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
         masks = (psp.astype(np.int64) @ member.astype(np.int64)).astype(bool).tocsr()
     else:
         masks = sp.csr_matrix((0, n), dtype=bool)
-    return Proposals(masks, np.asarray(scores, dtype=np.float64), None,
+    score_arr = np.asarray(scores, dtype=np.float64)
+    recorded = len(score_arr)
+    if cfg.nms_iou is not None and recorded:
+        keep = mask_nms(masks, score_arr, cfg.nms_iou)
+        masks, score_arr = masks[keep], score_arr[keep]
+    return Proposals(masks, score_arr, None,
                      {"source": "builtin", "features": feats.source, "levels": sorted(cfg.levels, reverse=True), "score": cfg.score,
-                      "new_per_level": per_level, "superpoints": s, "contacts": int(len(pairs))})
+                      "nms_iou": cfg.nms_iou, "recorded": recorded, "new_per_level": per_level, "superpoints": s,
+                      "contacts": int(len(pairs))})

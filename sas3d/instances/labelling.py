@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from sas3d.instances.features import PointFeatureSet
-from sas3d.instances.types import Instances, Proposals, mask_iou
+from sas3d.instances.types import Instances, Proposals, mask_iou, mask_nms  # noqa: F401 (mask_nms: re-exported)
 
 SCORES = ("prob_x_agreement", "prob", "similarity")
 
@@ -115,25 +115,6 @@ def _config_dict(cfg: LabelConfig) -> dict[str, Any]:
     from sas3d.config import to_dict
 
     return to_dict(cfg)
-
-
-def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou_threshold: float, groups: np.ndarray | None = None,
-             containment: bool = False) -> np.ndarray:
-    """Indices kept by greedy mask NMS (highest score first; within ``groups`` when given), in score order.
-    ``containment`` compares intersection over the smaller mask instead of IoU (drops parts of a kept mask)."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    groups = np.zeros(len(order), np.int64) if groups is None else np.asarray(groups)
-    kept: list[int] = []
-    for g in np.unique(groups):
-        idx = order[groups[order] == g]
-        iou = mask_iou(masks[idx], masks[idx], containment)
-        alive = np.ones(len(idx), dtype=bool)
-        for a in range(len(idx)):
-            if alive[a]:
-                kept.append(int(idx[a]))
-                alive[a + 1:] &= ~(iou[a, a + 1:] > iou_threshold)
-    kept_arr = np.asarray(kept, dtype=np.int64)
-    return kept_arr[np.argsort(-np.asarray(scores)[kept_arr], kind="stable")] if len(kept_arr) else kept_arr
 
 
 @dataclass

@@ -58,6 +58,25 @@ def mask_iou(a: sp.csr_matrix, b: sp.csr_matrix, containment: bool = False) -> n
         return np.where(denom > 0, inter / denom, 0.0)
 
 
+def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou_threshold: float, groups: np.ndarray | None = None,
+             containment: bool = False) -> np.ndarray:
+    """Indices kept by greedy mask NMS (highest score first; within ``groups`` when given), in score order.
+    ``containment`` compares intersection over the smaller mask instead of IoU (drops parts of a kept mask)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    groups = np.zeros(len(order), np.int64) if groups is None else np.asarray(groups)
+    kept: list[int] = []
+    for g in np.unique(groups):
+        idx = order[groups[order] == g]
+        iou = mask_iou(masks[idx], masks[idx], containment)
+        alive = np.ones(len(idx), dtype=bool)
+        for a in range(len(idx)):
+            if alive[a]:
+                kept.append(int(idx[a]))
+                alive[a + 1:] &= ~(iou[a, a + 1:] > iou_threshold)
+    kept_arr = np.asarray(kept, dtype=np.int64)
+    return kept_arr[np.argsort(-np.asarray(scores)[kept_arr], kind="stable")] if len(kept_arr) else kept_arr
+
+
 class _MaskRows:
     """Shared accessors of a set of (P, N) CSR masks held in ``self.masks``."""
 
