@@ -239,7 +239,7 @@ def main() -> int:
                         help="comma-separated extra confidence scores (sas3d.instances.labelling.SCORES: prob, similarity) for "
                              "the primary built-in proposals: the same labels ranked another way, extra rows (AP depends on the ranking)")
     parser.add_argument("--proposal-score", default="stability", choices=["stability", "lifetime", "none"],
-                        help="built-in proposal score (default stability = lifetime x points; lifetime: the score before this session's change)")
+                        help="built-in proposal score (default stability = lifetime x points; lifetime: the default before stability was)")
     parser.add_argument("--proposal-nms", default="0.5", help="class-agnostic NMS IoU of the built-in proposals, or 'none' (default 0.5)")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)

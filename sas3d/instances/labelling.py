@@ -11,7 +11,7 @@ such as wall and floor are surfaces, never instances). The confidence that ranks
 * ``agreement`` = the fraction of the proposal's points whose own most similar class (of all
   classes, stuff included) is that class (a mask-quality term, like the mean mask probability Mask3D multiplies its class score by);
 * ``proposal score`` = the source's objectness (Mask3D's score in a benchmark file; our built-in
-  proposals' lifetime in their merge hierarchy, :mod:`sas3d.instances.builtin`; 1.0 where a source
+  proposals' stability in their merge hierarchy, :mod:`sas3d.instances.builtin`; 1.0 where a source
   gives none, e.g. OpenMask3D).
 """
 
