@@ -236,3 +236,118 @@ def test_builtin_proposals_have_no_duplicates():
     iou = mask_iou(props.masks, props.masks)
     np.fill_diagonal(iou, 0)
     assert iou.max() <= 0.5
+
+
+def test_contact_pairs_known_answer():
+    pts = np.array([[0, 0, 0], [0.03, 0, 0], [1, 0, 0], [1.03, 0, 0], [3, 0, 0]], dtype=np.float32)
+    assert contact_pairs(pts, np.array([0, 1, 1, 2, 3]), 0.05).tolist() == [[0, 1], [1, 2]]
+    assert contact_pairs(pts, np.array([0, 1, 2, 3, 4]), 0.05, faces=np.array([[2, 4, 3]])).tolist() == [[0, 1], [2, 3], [2, 4], [3, 4]]
+
+
+def test_labelling_formula(room):
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    mixed = masks_from_dense(((room["obj"] == 1) | (room["obj"] == 2))[None])  # chair + table in one proposal
+    import scipy.sparse as sp
+
+    props = Proposals(sp.vstack([masks, mixed]).tocsr(), np.array([1.0, 1.0, 1.0, 1.0, 0.8]))
+    cfg = LabelConfig(temperature=0.05, stuff_classes=[])  # every class a candidate: the formula alone
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"], cfg)
+    f, t = room["feats"].features, room["text"]
+    point_cls = (f @ t.T).argmax(1).numpy()
+    for i in range(len(inst)):
+        idx = inst.point_indices(i)
+        mean = f[idx].mean(0)
+        mean = mean / mean.norm()
+        sims = mean @ t.T
+        c = int(sims.argmax())
+        prob = float(torch.softmax(sims / 0.05, 0)[c])
+        src = [k for k in range(len(props)) if np.array_equal(props.point_indices(k), idx)][0]
+        expected = prob * np.mean(point_cls[idx] == c) * props.scores[src]
+        assert inst.classes[i] == c and inst.scores[i] == pytest.approx(expected, rel=1e-5)
+    assert np.all(np.diff(inst.scores) <= 0)  # best first
+    names = [room["classes"][c] for c in inst.classes]
+    assert sorted(names[:4]) == ["chair", "chair", "floor", "table"]
+    assert inst.scores[-1] < 0.75  # the mixed proposal: about half its points disagree with its class
+
+
+def test_stuff_classes_are_never_an_instance_class(room):
+    """With wall / floor / ceiling as stuff (the default), the floor proposal takes its most similar object
+    class, with the softmax over the object classes only, and its points (floor to themselves) give it
+    zero agreement, so it ranks last; the object proposals keep their classes."""
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    props = Proposals(masks, np.ones(len(masks.indptr) - 1))
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(temperature=0.05))
+    classes = room["classes"]
+    objects = [i for i, c in enumerate(classes) if c not in ("wall", "floor", "ceiling")]
+    f, t = room["feats"].features, room["text"]
+    floor_points = np.flatnonzero(room["obj"] == 0)
+    assert {classes[int((f[floor_points] @ t.T).argmax(1).mode().values)]} == {"floor"}  # the fixture's floor
+    i = [k for k in range(len(inst)) if np.array_equal(inst.point_indices(k), floor_points)][0]
+    mean = f[floor_points].mean(0)
+    sims = (mean / mean.norm()) @ t[objects].T
+    assert classes[inst.classes[i]] == classes[objects[int(sims.argmax())]] != "floor"
+    assert inst.metadata["probability"][i] == pytest.approx(float(torch.softmax(sims / 0.05, 0).max()), rel=1e-5)
+    assert inst.scores[i] == 0.0 and i == len(inst) - 1
+    assert sorted(classes[c] for c in inst.classes[:3]) == ["chair", "chair", "table"]
+    with pytest.raises(ValueError, match="stuff"):
+        label_proposals(props, room["feats"], room["text"], room["classes"], LabelConfig(stuff_classes=list(classes)))
+
+
+def test_fusion_labeller_ignores_unseen_points(room):
+    f = room["feats"].features.clone()
+    seen = np.ones(len(f), bool)
+    chair = np.flatnonzero(room["obj"] == 1)
+    seen[chair[: len(chair) // 2]] = False
+    f[chair[: len(chair) // 2]] = room["text"][room["classes"].index("bathtub")]  # garbage where unseen
+    pf = labeller_features("fusion", fused=f.half(), seen=seen)
+    props = Proposals(masks_from_dense((room["obj"] == 1)[None]), np.ones(1))
+    inst = label_proposals(props, pf, room["text"], room["classes"])
+    assert room["classes"][inst.classes[0]] == "chair" and inst.metadata["agreement"][0] == pytest.approx(1.0, abs=0.02)
+
+
+def test_ensemble_features_pick_the_more_confident_source(room):
+    t = room["text"]
+    n = 4
+    f3 = torch.nn.functional.normalize(t[[4, 4, 6, 6]] + 0.5 * t[[5, 5, 5, 5]], dim=1)  # blurry 3D
+    f2 = t[[4, 6, 6, 4]].clone()  # sharp 2D (cosine 1 with its class)
+    seen = np.array([True, True, False, True])
+    got = labeller_features("ensemble", feat3d=f3, fused=f2, seen=seen, class_text=t).features
+    best = lambda x: (torch.nn.functional.normalize(x, dim=1) @ t.T).max(1).values  # noqa: E731
+    for i in range(n):
+        want = f2[i] if seen[i] and best(f2[i:i + 1]) > best(f3[i:i + 1]) else f3[i]
+        torch.testing.assert_close(got[i], torch.nn.functional.normalize(want, dim=0))
+    assert torch.equal(got[2], f3[2])  # unseen -> 3D
+
+
+def test_mask_nms_and_ranked_queries(room):
+    m = masks_from_dense(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], bool))
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5).tolist() == [1, 2]  # IoU(0, 1) = 0.75: the weaker is dropped
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.8).tolist() == [1, 0, 2]
+    assert mask_nms(m, np.array([0.5, 0.9, 0.4]), 0.5, groups=np.array([0, 1, 0])).tolist() == [1, 0, 2]
+    # containment: mask 1 lies inside mask 0 (3/3), so it goes even at a threshold IoU would pass
+    assert mask_nms(m, np.array([0.9, 0.5, 0.4]), 0.8, containment=True).tolist() == [0, 2]
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    inst = label_proposals(Proposals(masks, np.ones(4)), room["feats"], room["text"], room["classes"])
+    emb = room["text"][room["classes"].index("chair")] + 0.3 * room["text"][room["classes"].index("sofa")]  # "something like a chair"
+    ranked = rank_instances(inst, emb, top_k=4)
+    assert [r.class_name for r in ranked[:2]] == ["chair", "chair"] and ranked[0].similarity >= ranked[1].similarity
+    assert len({r.index for r in ranked}) == len(ranked)
+
+
+def test_point_ids_prefer_higher_score():
+    m = masks_from_dense(np.array([[1, 1, 1, 0], [0, 1, 1, 1]], bool))
+    inst = Instances(m, np.array([0, 1]), np.array([0.4, 0.8]), ["a", "b"])
+    assert inst.point_ids().tolist() == [0, 1, 1, 1]
+
+
+def test_label_config_nms_and_exclusions(room):
+    import scipy.sparse as sp
+
+    masks = masks_from_ids(room["obj"] + 1)[1]
+    dup = sp.vstack([masks, masks[1:2]]).tocsr()  # chair 1 twice
+    props = Proposals(dup, np.array([1.0, 1.0, 1.0, 1.0, 0.5]))
+    assert len(label_proposals(props, room["feats"], room["text"], room["classes"])) == 5
+    inst = label_proposals(props, room["feats"], room["text"], room["classes"],
+                           LabelConfig(nms_iou=0.5, exclude_classes=["floor"], stuff_classes=[]))
+    assert sorted(room["classes"][c] for c in inst.classes) == ["chair", "chair", "table"]
+    assert inst.features.shape == (3, room["text"].shape[1])
