@@ -37,6 +37,7 @@ pipeline working end to end, not what real LSeg / SEEM / Mask3D would score.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -77,6 +78,19 @@ def ablations(seed: int, seeds: int) -> dict[str, tuple[str, list[str]]]:
 def ablation_recipe(key: str) -> str:
     """The training recipe of an --ablate run: the full SAS recipe for its seed repeats, else OpenScene's."""
     return "sas" if key.startswith("sas_s") else "openscene"
+
+
+def nms_iou_arg(text: str) -> float | None:
+    """--proposal-nms: an IoU in (0, 1] or 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected an IoU in (0, 1] or 'none', got {text!r}")
+    return value
 
 
 def short_name(key: str) -> str:
@@ -240,7 +254,8 @@ def main() -> int:
                              "the primary built-in proposals: the same labels ranked another way, extra rows (AP depends on the ranking)")
     parser.add_argument("--proposal-score", default="stability", choices=["stability", "lifetime", "none"],
                         help="built-in proposal score (default stability = lifetime x points; lifetime: the default before stability was)")
-    parser.add_argument("--proposal-nms", default="0.5", help="class-agnostic NMS IoU of the built-in proposals, or 'none' (default 0.5)")
+    parser.add_argument("--proposal-nms", default=0.5, type=nms_iou_arg,
+                        help="class-agnostic NMS IoU of the built-in proposals in (0, 1], or 'none' (default 0.5)")
     parser.add_argument("--picture", type=Path, default=None, help="also copy the labelled-room picture here (e.g. docs/instances.png)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -313,7 +328,7 @@ def main() -> int:
     ls = get_label_set("scannet20")
     ct = build_class_text(ls, build_text_encoder(cfg.text_encoder))
     label_cfg = LabelConfig()
-    prop_cfg = ProposalConfig(score=args.proposal_score, nms_iou=None if args.proposal_nms == "none" else float(args.proposal_nms))
+    prop_cfg = ProposalConfig(score=args.proposal_score, nms_iou=args.proposal_nms)
     splits = {"in_place": ("in place: the rooms the students were distilled on (labels only for scoring)", data["train"]),
               "held_out": ("held out: rooms the students never saw", data["val"])}
     all_results, all_agnostic, all_checks, counts, picture, mious = {}, {}, {}, [], {}, {}
@@ -338,7 +353,7 @@ def main() -> int:
             counts.append({"split": split, "scene": scene.name, "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000]))),
                            **{f"{k} proposals": len(v) for k, v in proposal_sets.items()}})
             for pname, props in proposal_sets.items():
-                agnostic.setdefault(pname, []).append(ScenePredictions(props.masks, np.zeros(len(props), np.int64), props.scores, scene.name))
+                agnostic.setdefault(pname, []).append(props)
                 for lkey in split_labellers:
                     inst = label_proposals(props, feats[lkey], ct.embeddings, list(ls.classes), label_cfg)
                     nyu40 = nyu40_label_ids(inst)

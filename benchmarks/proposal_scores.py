@@ -68,11 +68,10 @@ def main() -> int:
         scene = load_scene(folder / name)
         gts.append(scene_gt(scene))
         feats = scene_feature_sets(scene, args.run / "fused" / "guided" / f"{name}.safetensors", students, ct.embeddings)
-        base = ProposalConfig()
-        spx = scene_superpoints(scene, base.superpoints)
+        spx = scene_superpoints(scene, ProposalConfig().superpoints)
         for score, nms in VARIANTS:
             props = generate_proposals(scene.points, spx, feats["fused"], ProposalConfig(score=score, nms_iou=nms), faces=scene.faces)
-            agnostic.setdefault((score, nms), []).append(ScenePredictions(props.masks, np.zeros(len(props), np.int64), props.scores, name))
+            agnostic.setdefault((score, nms), []).append(props)
             for key in labellers:
                 inst = label_proposals(props, feats[key], ct.embeddings, list(ls.classes), LabelConfig())
                 labelled.setdefault((score, nms, key), []).append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, name))

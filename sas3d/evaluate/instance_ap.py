@@ -240,12 +240,13 @@ def evaluate_instances(gts: Sequence[InstanceGroundTruth], preds: Sequence[Scene
 CLASS_AGNOSTIC_ID = 41  # one class above the NYU40 ids (1..40) that stands for "any benchmark object"
 
 
-def evaluate_class_agnostic(gts: Sequence[InstanceGroundTruth], proposals: Sequence[ScenePredictions],
+def evaluate_class_agnostic(gts: Sequence[InstanceGroundTruth], proposals: Sequence[Any],
                             cfg: InstanceAPConfig | None = None) -> InstanceAPResult:
     """AP of class-agnostic proposals ranked by their own scores: every ground-truth instance of the benchmark
     classes is an instance of one class "object", every proposal predicts it (the proposal-quality measure
     OpenMask3D and Open3DIS report for Mask3D's masks); the rest of the protocol as :func:`evaluate_instances`.
-    The ``label_ids`` of ``proposals`` are ignored."""
+    ``proposals[i]``: anything with (P, N) ``masks`` and (P,) ``scores`` (:class:`sas3d.instances.types.Proposals`,
+    :class:`ScenePredictions`, whose labels are ignored)."""
     cfg = cfg or InstanceAPConfig()
     agnostic_gts, agnostic_preds = [], []
     for g, p in zip(gts, proposals):
@@ -253,11 +254,12 @@ def evaluate_class_agnostic(gts: Sequence[InstanceGroundTruth], proposals: Seque
         objects = np.isin(ids // INSTANCE_DIVISOR, cfg.class_ids)
         uniq, inverse = np.unique(ids[objects], return_inverse=True)
         if len(uniq) >= INSTANCE_DIVISOR:
-            raise ValueError(f"{p.name or 'scene'}: {len(uniq)} instances, more than one class can number ({INSTANCE_DIVISOR - 1})")
+            raise ValueError(f"{getattr(p, 'name', '') or 'scene'}: {len(uniq)} instances, more than one class can number "
+                             f"({INSTANCE_DIVISOR - 1})")
         relabelled = ids.copy()
         relabelled[objects] = CLASS_AGNOSTIC_ID * INSTANCE_DIVISOR + 1 + inverse.reshape(-1)
         agnostic_gts.append(InstanceGroundTruth(relabelled, g.source))
-        agnostic_preds.append(ScenePredictions(p.masks, np.full(p.masks.shape[0], CLASS_AGNOSTIC_ID), p.scores, p.name))
+        agnostic_preds.append(ScenePredictions(p.masks, np.full(p.masks.shape[0], CLASS_AGNOSTIC_ID), p.scores, getattr(p, "name", "")))
     one = InstanceAPConfig(cfg.overlaps, cfg.min_region_size, (CLASS_AGNOSTIC_ID,), ("object",))
     return evaluate_instances(agnostic_gts, agnostic_preds, one)
 

@@ -71,7 +71,7 @@ def evaluate_instance_scenes(scenes: Sequence[Scene] | Sequence[Callable[[], Sce
         inst, props = segment_instances(scene, cfg, sources, ct, list(ls.classes), gt.ids)
         gts.append(gt)
         preds.append(ScenePredictions(inst.masks, nyu40_label_ids(inst), inst.scores, scene.name))
-        proposals.append(ScenePredictions(props.masks, np.zeros(len(props), np.int64), props.scores, scene.name))
+        proposals.append(props)
         info.append({"name": scene.name, "points": scene.num_points, "proposals": len(props), "instances": len(inst),
                      "gt_instances": int(len(np.unique(gt.ids[gt.ids >= 1000])))})
     return evaluate_instances(gts, preds, ap_config), info, evaluate_class_agnostic(gts, proposals, ap_config)

@@ -80,6 +80,11 @@ class MergeHierarchy:
         n = self.nodes[level]
         return np.where(self.featureless[n], MIN_LIFETIME, np.maximum((self.birth[n] - self.death[n]) / 2.0, MIN_LIFETIME))
 
+    def stability(self, level: int, points: np.ndarray) -> np.ndarray:
+        """(S,) lifetime x points of each superpoint's region at ``level`` (``points``: (S,) the point count of that
+        region); a featureless region has no mass that persists: ``MIN_LIFETIME``."""
+        return np.where(self.featureless[self.nodes[level]], MIN_LIFETIME, self.lifetime(level) * points)
+
 
 def contact_pairs(points: np.ndarray, superpoints: np.ndarray, radius: float, faces: np.ndarray | None = None) -> np.ndarray:
     """(E, 2) int64 unique pairs (a < b) of superpoints that touch: points within ``radius`` or a shared mesh edge."""
@@ -211,8 +216,8 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
     per_level: list[int] = []
     for level, part in enumerate(tree.partitions):
         size = np.bincount(part, weights=sp_size, minlength=s)
-        lifetime = tree.lifetime(level)
-        featureless = tree.featureless[tree.nodes[level]]
+        score = (tree.stability(level, size[part]) if cfg.score == "stability" else
+                 tree.lifetime(level) if cfg.score == "lifetime" else np.ones(s))  # (S,) the score of each superpoint's region
         per_level.append(0)
         for r in np.flatnonzero(size >= cfg.min_points):
             members = np.flatnonzero(part == r)
@@ -221,11 +226,7 @@ def generate_proposals(points: np.ndarray, superpoints: np.ndarray, feats: Point
                 continue
             seen.add(key)
             rows.append(members)
-            first = members[0]
-            if cfg.score == "stability":  # the mass that persists; a featureless region has none: the floor
-                scores.append(MIN_LIFETIME if featureless[first] else float(lifetime[first] * size[r]))
-            else:
-                scores.append(float(lifetime[first]) if cfg.score == "lifetime" else 1.0)
+            scores.append(float(score[members[0]]))
             per_level[-1] += 1
     # proposal x superpoint, then x point
     if rows:

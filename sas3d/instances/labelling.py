@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from sas3d.instances.features import PointFeatureSet
-from sas3d.instances.types import Instances, Proposals, mask_iou, mask_nms  # noqa: F401 (mask_nms: re-exported)
+from sas3d.instances.types import Instances, Proposals, mask_iou, mask_nms
 
 SCORES = ("prob_x_agreement", "prob", "similarity")
 
